@@ -1,0 +1,198 @@
+"""The Backend protocol: the object-store primitives the job store is built on.
+
+A backend stores immutable objects under ``/``-separated keys relative to its root (a directory, or a bucket and
+prefix). It knows nothing about jobs. Every write is atomic: an object is visible whole or not at all, and a
+write that fails or is cancelled leaves nothing behind. Backends raise :mod:`aiojobstore.errors` errors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Iterable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from os import PathLike
+
+from ..errors import EncryptionKeyError, InvalidKeyError
+from ..streams import AsyncReader, AsyncWriter
+from ..transfer import ProgressCallback, TransferConfig, TransferLimits
+
+#: Metadata keys the backends themselves set (user metadata must not use the ``ajs-`` prefix).
+META_CRC32C = "ajs-crc32c"
+META_KEY_SHA256 = "ajs-key-sha256"
+
+_KEY_SEGMENT = re.compile(r"^[^\x00-\x1f\\]+$")
+
+
+def validate_key(key: str) -> str:
+    """Return ``key`` if it is a safe relative object key; raise :class:`InvalidKeyError` otherwise.
+
+    Safe means: non-empty ``/``-separated segments, none of them ``.`` or ``..``, no leading ``/``, no
+    backslash or control character. Nothing that passes can name a path outside the store's root.
+    """
+    if not isinstance(key, str) or not key:
+        raise InvalidKeyError(f"an object key must be a non-empty string, not {key!r}")
+    if key.startswith("/"):
+        raise InvalidKeyError(f"object key {key!r} is absolute; keys are relative to the store")
+    for segment in key.split("/"):
+        if segment in ("", ".", ".."):
+            raise InvalidKeyError(
+                f"object key {key!r} has an empty, '.' or '..' segment; keys may not leave or skip levels of the store"
+            )
+        if not _KEY_SEGMENT.match(segment):
+            raise InvalidKeyError(f"object key {key!r} contains a backslash or a control character")
+    return key
+
+
+def key_fingerprint(key: bytes) -> str:
+    """The SHA-256 of an encryption key, recorded with objects to recognise a wrong key on read."""
+    return hashlib.sha256(key).hexdigest()
+
+
+def check_sse_key(sse_key: bytes | str | None) -> bytes | None:
+    """Normalise an SSE-C / CSEK key: 32 raw bytes (or a string of 32 bytes)."""
+    if sse_key is None:
+        return None
+    if isinstance(sse_key, str):
+        sse_key = sse_key.encode()
+    if len(sse_key) != 32:
+        raise EncryptionKeyError(f"an encryption key must be exactly 32 bytes (AES-256), not {len(sse_key)} bytes")
+    return bytes(sse_key)
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What a backend knows about one object. ``etag`` is an opaque version token that changes on every
+    write of the key; pass it as ``if_match`` for a conditional write."""
+
+    key: str
+    size: int
+    etag: str | None = None
+    mtime: float | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """An object store rooted at one location. Create with keyword options; no I/O until a method is awaited.
+
+    Encryption: writers take ``encrypted=True`` to encrypt with the backend's ``sse_key`` (SSE-C on S3, CSEK on
+    GCS; memory and local store plaintext but record the key's fingerprint). Readers use the key whenever the
+    object needs it and raise ``EncryptionKeyError`` when the key is missing or wrong.
+    """
+
+    #: The locator scheme this backend serves (``memory``, ``file``, ``s3``, ``gs``).
+    scheme: str = ""
+
+    def __init__(self, *, transfer: TransferConfig | None = None, sse_key: bytes | str | None = None) -> None:
+        self.transfer = transfer or TransferConfig()
+        self.limits = TransferLimits(self.transfer)
+        self.sse_key = check_sse_key(sse_key)
+
+    # ------------------------------------------------------------------ container
+
+    @abstractmethod
+    async def create(self) -> bool:
+        """Create the container (directory, bucket) if missing; return whether this call created it."""
+
+    @abstractmethod
+    async def exists(self) -> bool:
+        """Whether the container exists."""
+
+    @abstractmethod
+    async def destroy(self) -> None:
+        """Delete every object under the root (and the container if this store owns it). Idempotent."""
+
+    async def close(self) -> None:
+        """Release connections and threads. The backend may not be used afterwards."""
+
+    # ------------------------------------------------------------------ objects
+
+    @abstractmethod
+    def open_reader(self, key: str, *, start: int = 0,
+                    end: int | None = None) -> AbstractAsyncContextManager[AsyncReader]:
+        """Read bytes ``[start, end)`` of an object as a stream. Raises ``NoSuchFileError`` if it is missing."""
+
+    @abstractmethod
+    def open_writer(self, key: str, *, metadata: dict[str, str] | None = None, if_absent: bool = False,
+                    encrypted: bool = False) -> AbstractAsyncContextManager[AsyncWriter]:
+        """Write an object as a stream; it appears only when the block exits cleanly, and nothing is left
+        when it raises or is cancelled. With ``if_absent`` the commit fails with
+        ``ConcurrentModificationError`` if the key exists by then."""
+
+    @abstractmethod
+    async def get_object(self, key: str, *, start: int = 0, end: int | None = None) -> tuple[bytes, ObjectInfo]:
+        """The bytes ``[start, end)`` of an object and its info. Raises ``NoSuchFileError``."""
+
+    async def get_bytes(self, key: str, *, start: int = 0, end: int | None = None) -> bytes:
+        """The bytes ``[start, end)`` of an object. Raises ``NoSuchFileError``."""
+        data, _ = await self.get_object(key, start=start, end=end)
+        return data
+
+    @abstractmethod
+    async def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None,
+                        if_absent: bool = False, if_match: str | None = None, encrypted: bool = False) -> ObjectInfo:
+        """Store ``data`` atomically. ``if_absent``: fail if the key exists; ``if_match``: fail unless the
+        stored object's etag is this one. Either failure raises ``ConcurrentModificationError``."""
+
+    @abstractmethod
+    async def upload_file(self, path: str | PathLike[str], key: str, *, metadata: dict[str, str] | None = None,
+                          encrypted: bool = False, progress: ProgressCallback | None = None) -> ObjectInfo:
+        """Store a local file (in parallel parts where the backend can)."""
+
+    @abstractmethod
+    async def download_file(self, key: str, path: str | PathLike[str], *,
+                            progress: ProgressCallback | None = None) -> ObjectInfo:
+        """Write an object to a local file atomically (in parallel ranges where the backend can)."""
+
+    @abstractmethod
+    async def stat(self, key: str) -> ObjectInfo | None:
+        """The object's info, or ``None`` if there is no such object."""
+
+    @abstractmethod
+    async def delete(self, key: str) -> None:
+        """Delete an object; deleting a missing object is not an error."""
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        """Delete several objects (missing ones are ignored)."""
+        for key in keys:
+            await self.delete(key)
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in no promised order."""
+
+    @abstractmethod
+    async def copy(self, src: str, dst: str, *, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """Copy an object within this backend (server-side where possible); replaces ``dst`` atomically."""
+
+    @abstractmethod
+    async def presign(self, key: str, expires: int = 3600) -> str:
+        """A URL from which the object can be read without this library for ``expires`` seconds."""
+
+    # ------------------------------------------------------------------ helpers for subclasses
+
+    def describe(self) -> str:
+        """A short human-readable name of the location, for messages."""
+        return f"{self.scheme}:"
+
+    def encryption_metadata(self, encrypted: bool) -> dict[str, str]:
+        """Metadata recording which key an object was written with (empty when not encrypted)."""
+        if not encrypted:
+            return {}
+        if self.sse_key is None:
+            raise EncryptionKeyError(
+                "encrypted=True needs an encryption key: open the store with sse_key=<32 bytes>"
+            )
+        return {META_KEY_SHA256: key_fingerprint(self.sse_key)}
+
+    def check_encryption(self, key: str, metadata: dict[str, str]) -> None:
+        """Raise ``EncryptionKeyError`` unless this backend holds the key an object was written with."""
+        wanted = metadata.get(META_KEY_SHA256)
+        if wanted is None:
+            return
+        if self.sse_key is None:
+            raise EncryptionKeyError(f"{key!r} is encrypted: open the store with the sse_key it was written with")
+        if key_fingerprint(self.sse_key) != wanted:
+            raise EncryptionKeyError(f"{key!r} was encrypted with a different key than this store's sse_key")

@@ -1,0 +1,438 @@
+"""The transfer engine, shared by every backend that moves data in parts.
+
+Planning (:func:`plan_parts`) is separate from executing (:class:`PartWindow`, :func:`run_parts`,
+:func:`with_retries`) and from reporting (:class:`Progress`). Store-wide limits on requests in flight and bytes
+held in memory live in :class:`TransferLimits`, one per store. Checksums are CRC32C, computed in worker threads,
+and combined arithmetically so that parts can be hashed in parallel and in any order.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import crc32c as _crc32c
+
+from .errors import TransferError
+
+log = logging.getLogger("aiojobstore.transfer")
+
+T = TypeVar("T")
+
+MiB = 1 << 20
+DEFAULT_PART_SIZE = 50 * MiB
+MIN_PART_SIZE = 5 * MiB
+MAX_PARTS = 10_000
+IO_SLICE_SIZE = MiB
+
+
+@dataclass(frozen=True)
+class TransferConfig:
+    """How a store moves data. Every field is a keyword argument of ``open_store``.
+
+    ``part_size`` bytes per part (grown so no object needs more than ``max_parts``); ``max_concurrency`` parts in
+    flight per transfer; ``max_requests`` requests in flight and ``max_memory`` bytes buffered for the whole store;
+    each request is tried ``max_attempts`` times with jittered exponential backoff from ``backoff_base`` up to
+    ``backoff_max`` seconds, giving up once ``retry_deadline`` seconds have passed.
+    """
+
+    part_size: int = DEFAULT_PART_SIZE
+    max_concurrency: int = 8
+    max_requests: int = 64
+    max_memory: int = 1024 * MiB
+    max_parts: int = MAX_PARTS
+    min_part_size: int = MIN_PART_SIZE
+    max_attempts: int = 5
+    backoff_base: float = 0.1
+    backoff_max: float = 10.0
+    retry_deadline: float = 300.0
+    io_slice_size: int = IO_SLICE_SIZE
+
+    def __post_init__(self) -> None:
+        if self.part_size < 1:
+            raise ValueError(f"part_size must be a positive number of bytes, not {self.part_size}")
+        if self.max_concurrency < 1 or self.max_requests < 1:
+            raise ValueError("max_concurrency and max_requests must be at least 1")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
+        if self.max_parts < 1:
+            raise ValueError(f"max_parts must be at least 1, not {self.max_parts}")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> TransferConfig:
+        """Build a config from the transfer options in ``options``, removing them from the dict."""
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: options.pop(k) for k in list(options) if k in names})
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a transfer: 1-based ``number``, byte ``offset`` and ``length``."""
+
+    number: int
+    offset: int
+    length: int
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+def choose_part_size(size: int, part_size: int, *, max_parts: int = MAX_PARTS, min_part_size: int = MIN_PART_SIZE) -> int:
+    """The part size to use for ``size`` bytes: ``part_size``, at least ``min_part_size``, grown (to a whole
+    MiB) until ``size`` fits in ``max_parts`` parts."""
+    chosen = max(part_size, min_part_size)
+    if size > chosen * max_parts:
+        chosen = math.ceil(size / max_parts / MiB) * MiB
+    return chosen
+
+
+def plan_parts(size: int, part_size: int = DEFAULT_PART_SIZE, *, max_parts: int = MAX_PARTS,
+               min_part_size: int = MIN_PART_SIZE) -> list[Part]:
+    """Split ``size`` bytes into parts; an empty object is one empty part."""
+    if size < 0:
+        raise ValueError(f"size must be >= 0, not {size}")
+    chosen = choose_part_size(size, part_size, max_parts=max_parts, min_part_size=min_part_size)
+    if size == 0:
+        return [Part(1, 0, 0)]
+    return [Part(i + 1, offset, min(chosen, size - offset)) for i, offset in enumerate(range(0, size, chosen))]
+
+
+def byte_ranges(start: int, end: int, part_size: int) -> list[Part]:
+    """Split the byte range ``[start, end)`` into ranges of ``part_size`` (for parallel ranged reads)."""
+    return [Part(i + 1, off, min(part_size, end - off)) for i, off in enumerate(range(start, end, part_size))]
+
+
+# --------------------------------------------------------------------------------------------------- checksums
+
+
+def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
+    """CRC32C of ``data``, continuing from ``value``. Releases the GIL on large buffers."""
+    return _crc32c.crc32c(data, value)
+
+
+def _gf2_times(matrix: list[int], vector: int) -> int:
+    total = 0
+    i = 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return total
+
+
+def _gf2_square(matrix: list[int]) -> list[int]:
+    return [_gf2_times(matrix, matrix[n]) for n in range(32)]
+
+
+def crc32c_combine(crc_a: int, crc_b: int, length_b: int) -> int:
+    """CRC32C of A+B from the CRC32C of A, of B and the length of B (zlib's crc32_combine, Castagnoli poly)."""
+    if length_b <= 0:
+        return crc_a
+    odd = [0x82F63B78] + [1 << n for n in range(31)]  # the operator for one zero bit
+    even = _gf2_square(odd)  # two zero bits
+    odd = _gf2_square(even)  # four zero bits
+    while True:
+        even = _gf2_square(odd)
+        if length_b & 1:
+            crc_a = _gf2_times(even, crc_a)
+        length_b >>= 1
+        if not length_b:
+            break
+        odd = _gf2_square(even)
+        if length_b & 1:
+            crc_a = _gf2_times(odd, crc_a)
+        length_b >>= 1
+        if not length_b:
+            break
+    return crc_a ^ crc_b
+
+
+def combine_part_crcs(parts: Iterable[tuple[int, int]]) -> int:
+    """Whole-object CRC32C from ``(crc, length)`` of each part, in order."""
+    total = 0
+    for crc, length in parts:
+        total = crc32c_combine(total, crc, length)
+    return total
+
+
+def crc32c_to_b64(value: int) -> str:
+    """The wire form used by GCS and S3: base64 of the big-endian 4 bytes."""
+    return base64.b64encode(value.to_bytes(4, "big")).decode()
+
+
+def crc32c_from_b64(text: str) -> int:
+    return int.from_bytes(base64.b64decode(text), "big")
+
+
+async def crc32c_async(data: bytes | bytearray | memoryview) -> int:
+    """CRC32C computed in a worker thread when ``data`` is large enough for the hop to pay."""
+    if len(data) < 256 * 1024:
+        return crc32c(data)
+    return await anyio.to_thread.run_sync(crc32c, data)
+
+
+def file_range_crc32c(path: str | os.PathLike[str], offset: int, length: int, slice_size: int = 4 * MiB) -> int:
+    """CRC32C of ``length`` bytes of a file from ``offset`` (blocking; call it in a thread)."""
+    value = 0
+    buffer = bytearray(min(slice_size, max(length, 1)))
+    view = memoryview(buffer)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < length:
+            want = min(len(buffer), length - done)
+            got = os.preadv(fd, [view[:want]], offset + done)
+            if got == 0:
+                raise TransferError(f"{path} shrank while it was being read (expected {length} bytes at {offset})")
+            value = crc32c(view[:got], value)
+            done += got
+    finally:
+        os.close(fd)
+    return value
+
+
+def read_file_range(path: str | os.PathLike[str], offset: int, length: int) -> bytes:
+    """``length`` bytes of a file from ``offset`` (blocking; call it in a thread)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
+    if len(data) != length:
+        raise TransferError(f"{path} shrank while it was being read (expected {length} bytes at {offset})")
+    return data
+
+
+async def iter_file_slices(path: str | os.PathLike[str], offset: int, length: int,
+                           slice_size: int = IO_SLICE_SIZE) -> AsyncIterator[bytes]:
+    """The bytes of a file range as slices of ``slice_size``, each read with ``os.pread`` in a worker thread."""
+    fd = await anyio.to_thread.run_sync(os.open, path, os.O_RDONLY)
+    try:
+        done = 0
+        while done < length:
+            want = min(slice_size, length - done)
+            data = await anyio.to_thread.run_sync(os.pread, fd, want, offset + done)
+            if not data:
+                raise TransferError(f"{path} shrank while it was being read (expected {length} bytes at {offset})")
+            done += len(data)
+            yield data
+    finally:
+        os.close(fd)
+
+
+def write_file_range(fd: int, offset: int, chunks: Sequence[bytes | memoryview]) -> int:
+    """Write ``chunks`` to ``fd`` at ``offset`` with ``pwrite`` (blocking; call it in a thread)."""
+    done = 0
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            written = os.pwrite(fd, view, offset + done)
+            done += written
+            view = view[written:]
+    return done
+
+
+# ------------------------------------------------------------------------------------------- limits, progress
+
+
+class MemoryBudget:
+    """Bytes that may be buffered at once, store-wide. A request larger than the whole budget is let through
+    alone, so a part bigger than the budget slows things down instead of deadlocking."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.in_use = 0
+        self.peak = 0
+        self._changed: anyio.Event | None = None
+
+    async def acquire(self, n: int) -> None:
+        while self.in_use and self.in_use + n > self.limit:
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+        self.in_use += n
+        self.peak = max(self.peak, self.in_use)
+
+    def release(self, n: int) -> None:
+        self.in_use -= n
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
+
+
+class TransferLimits:
+    """Store-wide caps: requests in flight and bytes held in memory, shared by every transfer of one store."""
+
+    def __init__(self, config: TransferConfig) -> None:
+        self.requests = anyio.CapacityLimiter(config.max_requests)
+        self.memory = MemoryBudget(config.max_memory)
+
+
+ProgressCallback = Callable[[int, int | None], Any]
+
+
+class Progress:
+    """Reports bytes done (and the total when known) to a sync or async callback."""
+
+    def __init__(self, callback: ProgressCallback | None, total: int | None = None) -> None:
+        self.callback = callback
+        self.total = total
+        self.done = 0
+        self._is_async = callback is not None and (
+            inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(getattr(callback, "__call__", None))
+        )
+
+    async def advance(self, n: int) -> None:
+        self.done += n
+        if self.callback is None:
+            return
+        result = self.callback(self.done, self.total)
+        if self._is_async or inspect.isawaitable(result):
+            await result
+
+    async def rewind(self, n: int) -> None:
+        """Take back bytes of a part that is going to be retried."""
+        await self.advance(-n)
+
+
+# ---------------------------------------------------------------------------------------------------- retries
+
+
+@dataclass
+class RetryPolicy:
+    """Jittered exponential backoff ("full jitter") over at most ``max_attempts`` tries and ``deadline`` seconds."""
+
+    max_attempts: int = 5
+    backoff_base: float = 0.1
+    backoff_max: float = 10.0
+    deadline: float = 300.0
+    sleep: Callable[[float], Awaitable[None]] = field(default=anyio.sleep, repr=False)
+
+    @classmethod
+    def from_config(cls, config: TransferConfig) -> RetryPolicy:
+        return cls(config.max_attempts, config.backoff_base, config.backoff_max, config.retry_deadline)
+
+    def delay(self, attempt: int) -> float:
+        return random.uniform(0, min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1))))
+
+
+async def with_retries(operation: Callable[[], Awaitable[T]], *, policy: RetryPolicy,
+                       is_retryable: Callable[[BaseException], bool], what: str = "request") -> T:
+    """Run ``operation`` until it succeeds, retrying the errors ``is_retryable`` accepts. The last error is
+    raised as it is once attempts or the deadline run out; cancellation is never retried."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return await operation()
+        except Exception as error:
+            if not is_retryable(error) or attempt >= policy.max_attempts:
+                raise
+            delay = policy.delay(attempt)
+            if time.monotonic() - started + delay > policy.deadline:
+                raise
+            log.info("%s failed (attempt %d/%d): %r; retrying in %.2fs", what, attempt, policy.max_attempts, error,
+                     delay)
+            await policy.sleep(delay)
+
+
+# ---------------------------------------------------------------------------------------------- sliding window
+
+
+class PartWindow:
+    """Runs part jobs in the background with at most ``max_concurrency`` in flight: a sliding window, so the
+    next job starts the moment one finishes. ``submit`` waits for a free slot (that is the backpressure).
+
+    The first job that fails cancels the jobs still running; ``submit`` and the exit of the ``async with``
+    then raise that error. Leaving the block with an exception (or being cancelled) cancels every job. The
+    host task itself is never cancelled by a failing job.
+    """
+
+    def __init__(self, max_concurrency: int) -> None:
+        self.max_concurrency = max_concurrency
+        self.error: BaseException | None = None
+        self._task_group: Any = None
+        self._slots = anyio.Semaphore(max_concurrency)
+        self._scopes: set[anyio.CancelScope] = set()
+
+    async def __aenter__(self) -> PartWindow:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        return self
+
+    def _cancel_all(self) -> None:
+        for scope in list(self._scopes):
+            scope.cancel()
+
+    async def submit(self, job: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Start ``job(*args)`` as soon as a slot is free."""
+        self.raise_if_failed()
+        await self._slots.acquire()
+        if self.error is not None:
+            self._slots.release()
+            self.raise_if_failed()
+        scope = anyio.CancelScope()
+        self._scopes.add(scope)
+        self._task_group.start_soon(self._run, scope, job, args)
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    async def _run(self, scope: anyio.CancelScope, job: Callable[..., Awaitable[Any]], args: tuple) -> None:
+        try:
+            with scope:
+                await job(*args)
+        except Exception as error:
+            if self.error is None:
+                self.error = error
+                self._cancel_all()
+        finally:
+            self._scopes.discard(scope)
+            self._slots.release()
+
+    async def wait(self) -> None:
+        """Wait for every job submitted so far; raise the first failure."""
+        for _ in range(self.max_concurrency):
+            await self._slots.acquire()
+        for _ in range(self.max_concurrency):
+            self._slots.release()
+        self.raise_if_failed()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        if exc_type is not None:
+            self._cancel_all()
+        try:
+            await self._task_group.__aexit__(None, None, None)
+        finally:
+            self._task_group = None
+        if exc_type is None:
+            self.raise_if_failed()
+        return False
+
+
+async def run_parts(parts: Iterable[Part], job: Callable[[Part], Awaitable[T]], *, max_concurrency: int) -> list[T]:
+    """Run ``job`` over ``parts`` in a sliding window; results in part order. The first failure cancels the rest
+    and is raised."""
+    parts = list(parts)
+    results: dict[int, T] = {}
+
+    async def one(part: Part) -> None:
+        results[part.number] = await job(part)
+
+    async with PartWindow(max_concurrency) as window:
+        for part in parts:
+            await window.submit(one, part)
+    return [results[p.number] for p in parts]
