@@ -87,7 +87,8 @@ class Part:
         return self.offset + self.length
 
 
-def choose_part_size(size: int, part_size: int, *, max_parts: int = MAX_PARTS, min_part_size: int = MIN_PART_SIZE) -> int:
+def choose_part_size(size: int, part_size: int, *, max_parts: int = MAX_PARTS,
+                     min_part_size: int = MIN_PART_SIZE) -> int:
     """The part size to use for ``size`` bytes: ``part_size``, at least ``min_part_size``, grown (to a whole
     MiB) until ``size`` fits in ``max_parts`` parts."""
     chosen = max(part_size, min_part_size)
@@ -290,7 +291,7 @@ class Progress:
         self.total = total
         self.done = 0
         self._is_async = callback is not None and (
-            inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(getattr(callback, "__call__", None))
+            inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(type(callback).__call__)
         )
 
     async def advance(self, n: int) -> None:

@@ -167,6 +167,15 @@ class Backend(ABC):
     async def copy(self, src: str, dst: str, *, metadata: dict[str, str] | None = None) -> ObjectInfo:
         """Copy an object within this backend (server-side where possible); replaces ``dst`` atomically."""
 
+    async def copy_from(self, source: Backend, src_key: str, dst_key: str) -> ObjectInfo | None:
+        """Copy an object of another backend into this one server-side, or return ``None`` when this pair of
+        backends cannot (the caller then streams the bytes)."""
+        return None
+
+    def local_path(self, key: str) -> str | None:
+        """The local file that holds ``key``, for backends that keep objects as files (else ``None``)."""
+        return None
+
     @abstractmethod
     async def presign(self, key: str, expires: int = 3600) -> str:
         """A URL from which the object can be read without this library for ``expires`` seconds."""

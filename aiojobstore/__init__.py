@@ -1,0 +1,53 @@
+"""aiojobstore: an async-first job store for workflow engines (local disk, S3, GCS).
+
+>>> store = aiojobstore.open_store("file:/scratch/run1")
+"""
+
+from .errors import (
+    ConcurrentFileModificationException,
+    ConcurrentModificationError,
+    EncryptionKeyError,
+    IntegrityError,
+    InvalidKeyError,
+    InvalidLocatorError,
+    JobStoreError,
+    JobStoreExistsError,
+    JobStoreExistsException,
+    NoSuchFileError,
+    NoSuchFileException,
+    NoSuchJobError,
+    NoSuchJobException,
+    NoSuchJobStoreError,
+    NoSuchJobStoreException,
+    TransferError,
+)
+from .jobstore import FileID, Job, JobStore, open_store
+from .locator import parse_locator
+from .transfer import TransferConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConcurrentFileModificationException",
+    "ConcurrentModificationError",
+    "EncryptionKeyError",
+    "FileID",
+    "IntegrityError",
+    "InvalidKeyError",
+    "InvalidLocatorError",
+    "Job",
+    "JobStore",
+    "JobStoreError",
+    "JobStoreExistsError",
+    "JobStoreExistsException",
+    "NoSuchFileError",
+    "NoSuchFileException",
+    "NoSuchJobError",
+    "NoSuchJobException",
+    "NoSuchJobStoreError",
+    "NoSuchJobStoreException",
+    "TransferConfig",
+    "TransferError",
+    "open_store",
+    "parse_locator",
+]

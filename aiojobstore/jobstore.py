@@ -1,0 +1,860 @@
+"""The job store: jobs, files, shared files, logs and workflow bookkeeping on any backend.
+
+Method names follow Toil's ``AbstractJobStore``. The job store speaks only the Backend protocol; every backend
+keeps the same promises:
+
+* every write is atomic: a reader sees the old content or the new, never a part, and a write that raises (or
+  is cancelled) leaves the store as it was;
+* ``update_job`` is optimistic: it raises :class:`ConcurrentModificationError` when the stored job is newer
+  than the one being written, and the check and the write are one atomic step (a conditional write);
+* deletes are idempotent.
+
+Object layout under the store's root::
+
+    config.json                       the store's config (its presence means "initialized")
+    jobs/<xx>/<job id>                one object per job (JSON by default)
+    files/c/<xx>/<job id>/<uuid>/<basename>   files deleted with their job (cleanup=True)
+    files/n/<xx>/<uuid>/<basename>    other files            (file ID = the part after "files/")
+    shared/<name>                     shared files
+    logs/inbox/<time>-<uuid>          unread logs; read ones move to logs/archive/
+    root_job, leader.pid, kill.flag   bookkeeping
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import inspect
+import json
+import os
+import pickle
+import re
+import stat as stat_module
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import anyio
+
+from .backends.base import Backend, ObjectInfo, validate_key
+from .errors import (
+    ConcurrentModificationError,
+    InvalidKeyError,
+    InvalidLocatorError,
+    JobStoreError,
+    JobStoreExistsError,
+    NoSuchFileError,
+    NoSuchJobError,
+    NoSuchJobStoreError,
+)
+from .locator import Locator, open_backend, parse_locator
+from .streams import AsyncReader, AsyncWriter, TextReader, TextWriter
+from .transfer import ProgressCallback, TransferConfig
+
+CONFIG_KEY = "config.json"
+ROOT_JOB_KEY = "root_job"
+LEADER_PID_KEY = "leader.pid"
+KILL_FLAG_KEY = "kill.flag"
+STORE_FORMAT = 1
+
+_SHARED_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_UUID = re.compile(r"^[0-9a-f]{32}$")
+_META_EXECUTABLE = "executable"
+_CONCURRENT_LOADS = 64
+_COPY_CHUNK = 1 << 20
+
+
+# ------------------------------------------------------------------------------------------------ value types
+
+
+@dataclass
+class Job:
+    """A job record. ``data`` is anything the store's codec can encode (JSON by default); ``id`` is given by
+    the store on creation; ``version`` counts the writes and guards against lost updates."""
+
+    name: str = ""
+    data: Any = None
+    id: str | None = None
+    version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "version": self.version, "data": self.data}
+
+
+class FileID(str):
+    """A file's ID: a ``str`` that ends with the file's basename, carrying ``size`` and ``executable``."""
+
+    size: int
+    executable: bool
+
+    def __new__(cls, value: str, size: int = 0, executable: bool = False) -> FileID:
+        self = super().__new__(cls, value)
+        self.size = size
+        self.executable = executable
+        return self
+
+    @property
+    def basename(self) -> str:
+        return self.rsplit("/", 1)[-1]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FileID, (str(self), self.size, self.executable))
+
+
+class Codec:
+    """Turns jobs into bytes and back. ``json`` (default) or ``pickle`` (only when asked for)."""
+
+    def __init__(self, name: str = "json") -> None:
+        if name not in ("json", "pickle"):
+            raise JobStoreError(f"unknown codec {name!r}: use 'json' (default) or 'pickle'")
+        self.name = name
+
+    def encode(self, job: Job) -> bytes:
+        if self.name == "pickle":
+            return pickle.dumps(job.to_dict(), protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            return json.dumps(job.to_dict(), separators=(",", ":")).encode()
+        except (TypeError, ValueError) as error:
+            raise JobStoreError(
+                f"job {job.name!r} has data the JSON codec cannot encode ({error}); keep job data to JSON types "
+                "or open the store with codec='pickle'"
+            ) from error
+
+    def decode(self, data: bytes) -> Job:
+        record = pickle.loads(data) if data[:1] == b"\x80" else json.loads(data)
+        return Job(name=record["name"], data=record["data"], id=record["id"], version=record["version"])
+
+
+def _shard(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=1).hexdigest()
+
+
+def check_shared_file_name(name: str) -> str:
+    """Return ``name`` if it is a valid shared-file name; raise :class:`InvalidKeyError` otherwise."""
+    if not isinstance(name, str) or not _SHARED_NAME.match(name) or name in (".", ".."):
+        raise InvalidKeyError(
+            f"invalid shared file name {name!r}: use only letters, digits, '.', '_' and '-' (no '/')"
+        )
+    return name
+
+
+def _check_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise NoSuchJobError(str(job_id))
+    return job_id
+
+
+def _check_basename(basename: str) -> str:
+    try:
+        validate_key(basename)
+    except InvalidKeyError:
+        raise InvalidKeyError(f"invalid file basename {basename!r}: it must be a plain file name") from None
+    if "/" in basename or basename.startswith(".ajs-"):
+        raise InvalidKeyError(f"invalid file basename {basename!r}: it must be a plain file name, not a path")
+    return basename
+
+
+def _file_key(file_id: str) -> str:
+    """The object key of a file ID, after checking that the ID is one this store hands out."""
+    if not isinstance(file_id, str):
+        raise InvalidKeyError(f"a file ID is a string, not {type(file_id).__name__}")
+    try:
+        validate_key(file_id)
+    except InvalidKeyError as error:
+        raise InvalidKeyError(f"{file_id!r} is not a file ID of this store: {error}") from None
+    parts = file_id.split("/")
+    well_formed = (
+        (parts[0] == "c" and len(parts) == 5 and _JOB_ID.match(parts[2]) and _UUID.match(parts[3]))
+        or (parts[0] == "n" and len(parts) == 4 and _UUID.match(parts[2]))
+    )
+    if not well_formed:
+        raise InvalidKeyError(
+            f"{file_id!r} is not a file ID of this store; file IDs are returned by write_file, "
+            "write_file_stream or get_empty_file_store_id"
+        )
+    return "files/" + file_id
+
+
+def _job_key(job_id: str) -> str:
+    return f"jobs/{_shard(job_id)}/{job_id}"
+
+
+def _is_executable(path: str) -> bool:
+    return bool(os.stat(path).st_mode & stat_module.S_IXUSR)
+
+
+def _set_executable(path: str, executable: bool) -> None:
+    mode = os.stat(path).st_mode
+    if executable:
+        os.chmod(path, mode | stat_module.S_IXUSR | stat_module.S_IXGRP | stat_module.S_IXOTH)
+    elif mode & stat_module.S_IXUSR:
+        os.chmod(path, mode & ~(stat_module.S_IXUSR | stat_module.S_IXGRP | stat_module.S_IXOTH))
+
+
+def _file_id_from(key: str, info: ObjectInfo) -> FileID:
+    return FileID(key[len("files/") :], info.size, info.metadata.get(_META_EXECUTABLE) == "1")
+
+
+@dataclass
+class _Batch:
+    jobs: list[Job] = field(default_factory=list)
+
+
+_current_batch: contextvars.ContextVar[tuple[int, _Batch] | None] = contextvars.ContextVar(
+    "aiojobstore_batch", default=None
+)
+
+
+# --------------------------------------------------------------------------------------------------- job store
+
+
+class JobStore:
+    """A job store on one backend. Create it with :func:`open_store`; no I/O happens until a method is awaited.
+
+    Use it as ``async with store:`` (or call :meth:`close`) so connections are released, and call
+    :meth:`initialize` (new store) or :meth:`resume` (existing store) before anything else.
+    """
+
+    def __init__(self, backend: Backend, *, locator: str = "", codec: str = "json",
+                 backend_options: dict[str, Any] | None = None, public_url_expires: int = 3600) -> None:
+        self.backend = backend
+        self.locator = locator or backend.describe()
+        self.codec = Codec(codec)
+        self.config: dict[str, Any] = {}
+        self.public_url_expires = public_url_expires
+        self._backend_options = backend_options or {}
+        self._ready = False
+        self._url_backends: dict[tuple[str, str], Backend] = {}
+
+    def __repr__(self) -> str:
+        return f"<JobStore {self.locator}>"
+
+    async def __aenter__(self) -> JobStore:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Release the backend's connections (and those of backends opened for import/export URLs)."""
+        with anyio.CancelScope(shield=True):
+            for backend in self._url_backends.values():
+                await backend.close()
+            self._url_backends.clear()
+            await self.backend.close()
+
+    # ------------------------------------------------------------------------------------------- lifecycle
+
+    def _require_ready(self) -> None:
+        if not self._ready:
+            raise JobStoreError(f"the job store {self.locator} is not open: call initialize() or resume() first")
+
+    async def initialize(self, config: dict[str, Any] | None = None) -> None:
+        """Create the store (and its directory or bucket). Raises :class:`JobStoreExistsError` if it exists."""
+        await self.backend.create()
+        self.config = {**(config or {}), "aiojobstore_format": STORE_FORMAT, "codec": self.codec.name}
+        try:
+            await self.backend.put_bytes(CONFIG_KEY, json.dumps(self.config).encode(), if_absent=True)
+        except ConcurrentModificationError:
+            raise JobStoreExistsError(self.locator) from None
+        self._ready = True
+
+    async def resume(self) -> None:
+        """Open an existing store. Raises :class:`NoSuchJobStoreError` if it was never initialized."""
+        if not await self.backend.exists():
+            raise NoSuchJobStoreError(self.locator)
+        try:
+            raw = await self.backend.get_bytes(CONFIG_KEY)
+        except NoSuchFileError:
+            raise NoSuchJobStoreError(self.locator, "the location exists but holds no job store") from None
+        self.config = json.loads(raw)
+        self.codec = Codec(self.config.get("codec", self.codec.name))
+        self._ready = True
+
+    async def write_config(self) -> None:
+        """Persist :attr:`config` (changed by the caller) atomically."""
+        self._require_ready()
+        await self.backend.put_bytes(CONFIG_KEY, json.dumps(self.config).encode())
+
+    async def destroy(self) -> None:
+        """Delete the store and everything in it. Idempotent; works on a damaged or never-created store."""
+        await self.backend.destroy()
+        self._ready = False
+
+    # ------------------------------------------------------------------------------------------------ jobs
+
+    def assign_job_id(self, job: Job) -> str:
+        """Give ``job`` a fresh ID (without writing it) and return the ID."""
+        job.id = uuid.uuid4().hex
+        return job.id
+
+    async def create_job(self, job: Job) -> Job:
+        """Write a new job (assigning an ID if it has none). Inside :meth:`batch` the write is deferred."""
+        self._require_ready()
+        if job.id is None:
+            self.assign_job_id(job)
+        _check_job_id(job.id)  # type: ignore[arg-type]
+        job.version = 1
+        batch = _current_batch.get()
+        if batch is not None and batch[0] == id(self):
+            batch[1].jobs.append(job)
+            return job
+        await self._write_new_job(job)
+        return job
+
+    async def _write_new_job(self, job: Job) -> None:
+        try:
+            await self.backend.put_bytes(_job_key(job.id), self.codec.encode(job), if_absent=True)  # type: ignore
+        except ConcurrentModificationError:
+            raise ConcurrentModificationError(f"a job with ID {job.id!r} already exists") from None
+
+    @asynccontextmanager
+    async def batch(self) -> AsyncIterator[None]:
+        """Defer :meth:`create_job` writes to the end of the block, then write them concurrently. If the block
+        raises, none of its jobs are written."""
+        self._require_ready()
+        outer = _current_batch.get()
+        if outer is not None and outer[0] == id(self):
+            yield  # nested: the outer batch writes
+            return
+        pending = _Batch()
+        token = _current_batch.set((id(self), pending))
+        try:
+            yield
+        finally:
+            _current_batch.reset(token)
+        await self._for_each(pending.jobs, self._write_new_job)
+
+    async def _for_each(self, items: list[Any], action: Callable[[Any], Awaitable[Any]]) -> None:
+        """Run ``action`` over ``items`` with at most ``_CONCURRENT_LOADS`` at a time; first error is raised."""
+        limiter = anyio.Semaphore(_CONCURRENT_LOADS)
+        errors: list[BaseException] = []
+
+        async def one(item: Any) -> None:
+            async with limiter:
+                if errors:
+                    return
+                try:
+                    await action(item)
+                except Exception as error:
+                    errors.append(error)
+
+        async with anyio.create_task_group() as tasks:
+            for item in items:
+                tasks.start_soon(one, item)
+        if errors:
+            raise errors[0]
+
+    async def load_job(self, job_id: str) -> Job:
+        """Read a job. Raises :class:`NoSuchJobError`."""
+        self._require_ready()
+        try:
+            raw = await self.backend.get_bytes(_job_key(_check_job_id(job_id)))
+        except NoSuchFileError:
+            raise NoSuchJobError(job_id) from None
+        return self.codec.decode(raw)
+
+    async def update_job(self, job: Job) -> None:
+        """Replace a job atomically and bump ``job.version``. Raises :class:`ConcurrentModificationError` when
+        the stored job is newer than ``job`` (someone else updated it since it was loaded) and
+        :class:`NoSuchJobError` when it was deleted."""
+        self._require_ready()
+        key = _job_key(_check_job_id(job.id or ""))
+        try:
+            raw, info = await self.backend.get_object(key)
+        except NoSuchFileError:
+            raise NoSuchJobError(job.id or "") from None
+        stored = self.codec.decode(raw)
+        if stored.version != job.version:
+            raise ConcurrentModificationError(
+                f"job {job.id!r} is at version {stored.version} in the store but this copy is version "
+                f"{job.version}: load_job() it again and reapply the change"
+            )
+        new = Job(job.name, job.data, job.id, job.version + 1)
+        try:
+            await self.backend.put_bytes(key, self.codec.encode(new), if_match=info.etag)
+        except ConcurrentModificationError:
+            raise ConcurrentModificationError(
+                f"job {job.id!r} was changed by another writer during this update: load_job() it again"
+            ) from None
+        job.version = new.version
+
+    async def delete_job(self, job_id: str) -> None:
+        """Delete a job and the files written for it with ``cleanup=True``. Idempotent."""
+        self._require_ready()
+        _check_job_id(job_id)
+        cleanup_prefix = f"files/c/{_shard(job_id)}/{job_id}/"
+        keys = [info.key async for info in self.backend.list(cleanup_prefix)]
+        if keys:
+            await self.backend.delete_many(keys)
+        await self.backend.delete(_job_key(job_id))
+
+    async def job_exists(self, job_id: str) -> bool:
+        """Whether a job with this ID is in the store."""
+        self._require_ready()
+        try:
+            _check_job_id(job_id)
+        except NoSuchJobError:
+            return False
+        return await self.backend.stat(_job_key(job_id)) is not None
+
+    async def jobs(self) -> AsyncIterator[Job]:
+        """Every job in the store (loaded concurrently, yielded in no particular order)."""
+        self._require_ready()
+        keys = [info.key async for info in self.backend.list("jobs/")]
+        for start in range(0, len(keys), _CONCURRENT_LOADS):
+            loaded: list[Job] = []
+
+            async def load(key: str, out: list[Job] = loaded) -> None:
+                try:
+                    out.append(self.codec.decode(await self.backend.get_bytes(key)))
+                except NoSuchFileError:  # deleted while listing
+                    pass
+
+            await self._for_each(keys[start : start + _CONCURRENT_LOADS], load)
+            for job in loaded:
+                yield job
+
+    async def set_root_job(self, job_id: str) -> None:
+        """Record which job is the workflow's root."""
+        self._require_ready()
+        await self.backend.put_bytes(ROOT_JOB_KEY, _check_job_id(job_id).encode())
+
+    async def load_root_job(self) -> Job:
+        """Load the root job. Raises :class:`NoSuchJobError` if none is set or it was deleted."""
+        self._require_ready()
+        try:
+            job_id = (await self.backend.get_bytes(ROOT_JOB_KEY)).decode()
+        except NoSuchFileError:
+            raise NoSuchJobError("<root job>") from None
+        return await self.load_job(job_id)
+
+    async def create_root_job(self, job: Job) -> Job:
+        """Create ``job`` and make it the root job."""
+        job = await self.create_job(job)
+        await self.set_root_job(job.id)  # type: ignore[arg-type]
+        return job
+
+    # ----------------------------------------------------------------------------------------------- files
+
+    def _new_file_key(self, job_id: str | None, cleanup: bool, basename: str) -> str:
+        unique = uuid.uuid4().hex
+        _check_basename(basename)
+        if cleanup:
+            if job_id is None:
+                raise JobStoreError("cleanup=True needs the job_id of the job whose deletion removes the file")
+            _check_job_id(job_id)
+            return f"files/c/{_shard(job_id)}/{job_id}/{unique}/{basename}"
+        return f"files/n/{unique[:2]}/{unique}/{basename}"
+
+    async def write_file(self, local_path: str | os.PathLike[str], job_id: str | None = None,
+                         cleanup: bool = False, *, progress: ProgressCallback | None = None) -> FileID:
+        """Copy a local file into the store; the ID ends with its basename and keeps its executable bit."""
+        self._require_ready()
+        local_path = os.fspath(local_path)
+        key = self._new_file_key(job_id, cleanup, os.path.basename(local_path) or "file")
+        try:
+            executable = await anyio.to_thread.run_sync(_is_executable, local_path)
+        except FileNotFoundError:
+            raise NoSuchFileError(local_path, "the local file to write does not exist") from None
+        metadata = {_META_EXECUTABLE: "1"} if executable else {}
+        info = await self.backend.upload_file(local_path, key, metadata=metadata, progress=progress)
+        return FileID(key[len("files/") :], info.size, executable)
+
+    @asynccontextmanager
+    async def _writer(self, key: str, *, encoding: str | None, errors: str | None,
+                      metadata: dict[str, str] | None = None, encrypted: bool = False) -> AsyncIterator[Any]:
+        async with self.backend.open_writer(key, metadata=metadata, encrypted=encrypted) as raw:
+            if encoding is None and errors is None:
+                yield raw
+            else:
+                text = TextWriter(raw, encoding, errors)
+                yield text
+                await text.flush_encoder()
+
+    @asynccontextmanager
+    async def write_file_stream(self, job_id: str | None = None, cleanup: bool = False, basename: str | None = None,
+                                encoding: str | None = None, errors: str | None = None
+                                ) -> AsyncIterator[tuple[AsyncWriter | TextWriter, FileID]]:
+        """Yield ``(writer, file_id)`` for a new file; it exists once the block exits cleanly, and not at all
+        if the block raises or is cancelled. ``file_id.size`` is set when the block exits."""
+        self._require_ready()
+        key = self._new_file_key(job_id, cleanup, basename or "stream")
+        file_id = FileID(key[len("files/") :])
+        async with self._writer(key, encoding=encoding, errors=errors) as writer:
+            yield writer, file_id
+        file_id.size = writer.bytes_written
+
+    async def get_empty_file_store_id(self, job_id: str | None = None, cleanup: bool = False,
+                                      basename: str | None = None) -> FileID:
+        """Create an empty file and return its ID (for a file to be written later with update_file*)."""
+        self._require_ready()
+        key = self._new_file_key(job_id, cleanup, basename or "empty")
+        await self.backend.put_bytes(key, b"")
+        return FileID(key[len("files/") :], 0)
+
+    async def _existing_file(self, file_id: str) -> tuple[str, ObjectInfo]:
+        key = _file_key(file_id)
+        info = await self.backend.stat(key)
+        if info is None:
+            raise NoSuchFileError(file_id)
+        return key, info
+
+    async def update_file(self, file_id: str, local_path: str | os.PathLike[str], *,
+                          progress: ProgressCallback | None = None) -> None:
+        """Replace a file's content with a local file, atomically. Raises :class:`NoSuchFileError`."""
+        self._require_ready()
+        key, _ = await self._existing_file(file_id)
+        executable = await anyio.to_thread.run_sync(_is_executable, os.fspath(local_path))
+        info = await self.backend.upload_file(local_path, key, metadata={_META_EXECUTABLE: "1"} if executable else {},
+                                              progress=progress)
+        if isinstance(file_id, FileID):
+            file_id.size, file_id.executable = info.size, executable
+
+    @asynccontextmanager
+    async def update_file_stream(self, file_id: str, encoding: str | None = None,
+                                 errors: str | None = None) -> AsyncIterator[AsyncWriter | TextWriter]:
+        """Yield a writer that replaces a file's content when the block exits cleanly; if the block raises,
+        the old content stays. Raises :class:`NoSuchFileError`."""
+        self._require_ready()
+        key, info = await self._existing_file(file_id)
+        keep = {_META_EXECUTABLE: "1"} if info.metadata.get(_META_EXECUTABLE) == "1" else {}
+        async with self._writer(key, encoding=encoding, errors=errors, metadata=keep) as writer:
+            yield writer
+        if isinstance(file_id, FileID):
+            file_id.size = writer.bytes_written
+
+    async def read_file(self, file_id: str, local_path: str | os.PathLike[str], symlink: bool = False, *,
+                        progress: ProgressCallback | None = None) -> None:
+        """Copy a file out of the store to ``local_path`` (atomically), restoring its executable bit. With
+        ``symlink=True`` a local store may link to its own copy instead; never modify a linked file."""
+        self._require_ready()
+        key = _file_key(file_id)
+        local_path = os.fspath(local_path)
+        source = self.backend.local_path(key)
+        if symlink and source is not None:
+            if not await anyio.to_thread.run_sync(os.path.isfile, source):
+                raise NoSuchFileError(file_id)
+            try:
+                await anyio.to_thread.run_sync(os.symlink, source, local_path)
+                return
+            except OSError:
+                pass  # e.g. the destination exists: fall back to a copy
+        try:
+            info = await self.backend.download_file(key, local_path, progress=progress)
+        except NoSuchFileError:
+            raise NoSuchFileError(file_id) from None
+        await anyio.to_thread.run_sync(_set_executable, local_path, info.metadata.get(_META_EXECUTABLE) == "1")
+
+    @asynccontextmanager
+    async def read_file_stream(self, file_id: str, encoding: str | None = None,
+                               errors: str | None = None) -> AsyncIterator[AsyncReader | TextReader]:
+        """Yield a reader over a file's content (text when ``encoding`` is given). Raises NoSuchFileError."""
+        self._require_ready()
+        async with self._reader(_file_key(file_id), file_id, encoding, errors) as reader:
+            yield reader
+
+    @asynccontextmanager
+    async def _reader(self, key: str, name: str, encoding: str | None,
+                      errors: str | None) -> AsyncIterator[AsyncReader | TextReader]:
+        try:
+            async with self.backend.open_reader(key) as raw:
+                yield raw if encoding is None and errors is None else TextReader(raw, encoding, errors)
+        except NoSuchFileError as error:
+            if error.file_id != key:
+                raise
+            raise NoSuchFileError(name) from None
+
+    async def delete_file(self, file_id: str) -> None:
+        """Delete a file. Idempotent."""
+        self._require_ready()
+        await self.backend.delete(_file_key(file_id))
+
+    async def file_exists(self, file_id: str) -> bool:
+        """Whether the file is in the store."""
+        self._require_ready()
+        return await self.backend.stat(_file_key(file_id)) is not None
+
+    async def get_file_size(self, file_id: str) -> int:
+        """The file's size in bytes. Raises :class:`NoSuchFileError`."""
+        self._require_ready()
+        _, info = await self._existing_file(file_id)
+        return info.size
+
+    # ---------------------------------------------------------------------------------------- shared files
+
+    @asynccontextmanager
+    async def write_shared_file_stream(self, shared_file_name: str, encrypted: bool | None = None,
+                                       encoding: str | None = None, errors: str | None = None
+                                       ) -> AsyncIterator[AsyncWriter | TextWriter]:
+        """Yield a writer for a shared file (replaced atomically on clean exit). ``encrypted=None`` encrypts
+        when the store has a key; ``True`` requires one (:class:`EncryptionKeyError` otherwise)."""
+        self._require_ready()
+        key = "shared/" + check_shared_file_name(shared_file_name)
+        encrypt = self.backend.sse_key is not None if encrypted is None else encrypted
+        async with self._writer(key, encoding=encoding, errors=errors, encrypted=encrypt) as writer:
+            yield writer
+
+    @asynccontextmanager
+    async def read_shared_file_stream(self, shared_file_name: str, encoding: str | None = None,
+                                      errors: str | None = None) -> AsyncIterator[AsyncReader | TextReader]:
+        """Yield a reader over a shared file. Raises :class:`NoSuchFileError`, or :class:`EncryptionKeyError`
+        when it is encrypted and the store's key is missing or wrong."""
+        self._require_ready()
+        key = "shared/" + check_shared_file_name(shared_file_name)
+        async with self._reader(key, shared_file_name, encoding, errors) as reader:
+            yield reader
+
+    async def shared_file_exists(self, shared_file_name: str) -> bool:
+        """Whether a shared file of this name exists."""
+        self._require_ready()
+        return await self.backend.stat("shared/" + check_shared_file_name(shared_file_name)) is not None
+
+    # ------------------------------------------------------------------------------------------------ logs
+
+    async def write_logs(self, msg: str | bytes) -> None:
+        """Store a log message for the leader to read once with :meth:`read_logs`."""
+        self._require_ready()
+        data = msg.encode() if isinstance(msg, str) else bytes(msg)
+        await self.backend.put_bytes(f"logs/inbox/{time.time_ns():020d}-{uuid.uuid4().hex}", data)
+
+    async def read_logs(self, callback: Callable[[bytes], Any], read_all: bool = False) -> int:
+        """Call ``callback`` (function or coroutine function) with each unread log's bytes, oldest first, and
+        mark them read; with ``read_all`` also the logs read before. Returns how many were passed on. A log
+        whose callback raises stays unread."""
+        self._require_ready()
+        inbox = sorted([info.key async for info in self.backend.list("logs/inbox/")])
+        count = 0
+        if read_all:
+            archived = sorted([info.key async for info in self.backend.list("logs/archive/")],
+                              key=lambda k: k.rsplit("/", 1)[-1])
+            for key in archived:
+                try:
+                    data = await self.backend.get_bytes(key)
+                except NoSuchFileError:
+                    continue
+                await _call(callback, data)
+                count += 1
+        for key in inbox:
+            name = key.rsplit("/", 1)[-1]
+            archive_key = f"logs/archive/{name[:14]}/{name}"
+            try:
+                data = await self.backend.get_bytes(key)
+            except NoSuchFileError:
+                continue  # another reader took it
+            try:  # claim the log: only one reader's archive write succeeds
+                await self.backend.put_bytes(archive_key, data, if_absent=True)
+            except ConcurrentModificationError:
+                continue
+            try:
+                await _call(callback, data)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await self.backend.delete(archive_key)
+                raise
+            await self.backend.delete(key)
+            count += 1
+        return count
+
+    # ------------------------------------------------------------------------------------------- bookkeeping
+
+    async def write_leader_pid(self) -> None:
+        """Record this process's PID as the leader's."""
+        self._require_ready()
+        await self.backend.put_bytes(LEADER_PID_KEY, str(os.getpid()).encode())
+
+    async def read_leader_pid(self) -> int:
+        """The leader's PID. Raises :class:`NoSuchFileError` if none was written."""
+        self._require_ready()
+        return int(await self.backend.get_bytes(LEADER_PID_KEY))
+
+    async def write_kill_flag(self, kill: bool = False) -> None:
+        """Write the kill flag (``kill=True`` asks every worker to stop)."""
+        self._require_ready()
+        await self.backend.put_bytes(KILL_FLAG_KEY, b"YES" if kill else b"NO")
+
+    async def read_kill_flag(self) -> bool:
+        """Whether the kill flag is set (``False`` when none was written)."""
+        self._require_ready()
+        try:
+            return await self.backend.get_bytes(KILL_FLAG_KEY) == b"YES"
+        except NoSuchFileError:
+            return False
+
+    # ------------------------------------------------------------------------------------ import / export
+
+    def _url_backend(self, url: str) -> tuple[Backend, str]:
+        """The backend and key for an import/export URL (file://, s3://, gs://)."""
+        parsed = urlparse(url)
+        scheme = parsed.scheme.lower()
+        if scheme == "file" or (scheme == "" and url.startswith("/")):
+            path = os.path.abspath(unquote(parsed.path))
+            if not os.path.basename(path):
+                raise InvalidLocatorError(f"{url!r} names a directory; import/export takes a file URL")
+            directory, name = os.path.split(path)
+            cache_key = ("file", directory)
+            if cache_key not in self._url_backends:
+                self._url_backends[cache_key] = open_backend(Locator("file", "file:" + directory, path=directory))
+            return self._url_backends[cache_key], name
+        if scheme in ("s3", "gs"):
+            key = unquote(parsed.path.lstrip("/"))
+            if not key:
+                raise InvalidLocatorError(f"{url!r} names a bucket, not an object")
+            validate_key(key)
+            cache_key = (scheme, parsed.netloc)
+            if cache_key not in self._url_backends:
+                own = self.backend.scheme == scheme
+                options = dict(self._backend_options) if own else {}
+                options["transfer"] = self.backend.transfer
+                self._url_backends[cache_key] = open_backend(parse_locator(f"{scheme}://{parsed.netloc}"), **options)
+            return self._url_backends[cache_key], key
+        raise InvalidLocatorError(
+            f"cannot import from or export to {url!r}: use a file://, s3:// or gs:// URL (http(s):// for imports)"
+        )
+
+    async def _transfer(self, source: Backend, src_key: str, dest: Backend, dst_key: str,
+                        metadata: dict[str, str]) -> ObjectInfo:
+        """Copy one object between backends: server-side or a kernel copy where possible, else streamed."""
+        if source is dest:
+            return await dest.copy(src_key, dst_key, metadata=metadata)
+        local = source.local_path(src_key)
+        if local is not None:
+            try:
+                return await dest.upload_file(local, dst_key, metadata=metadata)
+            except NoSuchFileError:
+                raise NoSuchFileError(src_key, "the source does not exist") from None
+        target = dest.local_path(dst_key)
+        if target is not None and not metadata:
+            return await source.download_file(src_key, target)
+        copied = await dest.copy_from(source, src_key, dst_key)
+        if copied is not None:
+            return copied
+        async with source.open_reader(src_key) as reader, dest.open_writer(dst_key, metadata=metadata) as writer:
+            while chunk := await reader.read(_COPY_CHUNK):
+                await writer.write(chunk)
+        info = await dest.stat(dst_key)
+        assert info is not None
+        return info
+
+    async def import_file(self, src_url: str, shared_file_name: str | None = None) -> FileID | None:
+        """Copy the object at ``src_url`` (file://, s3://, gs://, http(s)://) into the store. Returns its
+        FileID, or ``None`` when it was stored as the shared file ``shared_file_name``."""
+        self._require_ready()
+        if shared_file_name is not None:
+            key = "shared/" + check_shared_file_name(shared_file_name)
+        else:
+            key = self._new_file_key(None, False, _check_basename(unquote(urlparse(src_url).path).rsplit("/", 1)[-1]
+                                                                  or "imported"))
+        scheme = urlparse(src_url).scheme.lower()
+        if scheme in ("http", "https"):
+            info = await self._import_http(src_url, key)
+            executable = False
+        else:
+            source, src_key = self._url_backend(src_url)
+            src_info = await source.stat(src_key)
+            if src_info is None:
+                raise NoSuchFileError(src_url, "nothing to import at that URL")
+            local = source.local_path(src_key)
+            if local is not None:
+                executable = await anyio.to_thread.run_sync(_is_executable, local)
+            else:
+                executable = src_info.metadata.get(_META_EXECUTABLE) == "1"
+            info = await self._transfer(source, src_key, self.backend, key,
+                                        {_META_EXECUTABLE: "1"} if executable else {})
+        if shared_file_name is not None:
+            return None
+        return FileID(key[len("files/") :], info.size, executable)
+
+    async def _import_http(self, url: str, key: str) -> ObjectInfo:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            if response.status == 404:
+                raise NoSuchFileError(url, "the server answered 404")
+            if response.status >= 400:
+                raise JobStoreError(f"cannot import {url}: the server answered {response.status} {response.reason}")
+            async with self.backend.open_writer(key) as writer:
+                async for chunk in response.content.iter_chunked(_COPY_CHUNK):
+                    await writer.write(chunk)
+        info = await self.backend.stat(key)
+        assert info is not None
+        return info
+
+    async def export_file(self, file_id: str, dst_url: str) -> None:
+        """Copy a file out of the store to ``dst_url`` (file://, s3://, gs://); same-backend copies are
+        server-side, others stream. The executable bit is kept."""
+        self._require_ready()
+        key, info = await self._existing_file(file_id)
+        dest, dst_key = self._url_backend(dst_url)
+        executable = info.metadata.get(_META_EXECUTABLE) == "1"
+        target = dest.local_path(dst_key)
+        if target is not None:
+            await self.backend.download_file(key, target)
+            await anyio.to_thread.run_sync(_set_executable, target, executable)
+            return
+        await self._transfer(self.backend, key, dest, dst_key, {_META_EXECUTABLE: "1"} if executable else {})
+
+    async def get_public_url(self, file_id: str) -> str:
+        """A URL from which the file can be read without this library (presigned where the backend needs it)."""
+        self._require_ready()
+        key, _ = await self._existing_file(file_id)
+        return await self.backend.presign(key, self.public_url_expires)
+
+    async def get_shared_public_url(self, shared_file_name: str) -> str:
+        """A URL from which the shared file can be read without this library."""
+        self._require_ready()
+        key = "shared/" + check_shared_file_name(shared_file_name)
+        if await self.backend.stat(key) is None:
+            raise NoSuchFileError(shared_file_name)
+        return await self.backend.presign(key, self.public_url_expires)
+
+    # ----------------------------------------------------------------------------------------- statistics
+
+    async def summary(self) -> dict[str, int]:
+        """Counts for ``aiojobstore status``: jobs, files, file bytes, shared files, unread logs."""
+        self._require_ready()
+        counts = {"jobs": 0, "files": 0, "file_bytes": 0, "shared_files": 0, "unread_logs": 0}
+        async for info in self.backend.list(""):
+            top = info.key.split("/", 1)[0]
+            if top == "jobs":
+                counts["jobs"] += 1
+            elif top == "files":
+                counts["files"] += 1
+                counts["file_bytes"] += info.size
+            elif top == "shared":
+                counts["shared_files"] += 1
+            elif info.key.startswith("logs/inbox/"):
+                counts["unread_logs"] += 1
+        return counts
+
+
+async def _call(callback: Callable[[bytes], Any], data: bytes) -> Any:
+    result = callback(data)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+# --------------------------------------------------------------------------------------------- entry point
+
+_STORE_OPTIONS = ("codec", "public_url_expires")
+
+
+def open_store(locator: str | os.PathLike[str], **options: Any) -> JobStore:
+    """Open the job store a locator names (no I/O yet): ``await store.initialize()`` or ``resume()`` next.
+
+    Options: transfer settings (``part_size``, ``max_concurrency``, ``max_requests``, ``max_memory``,
+    ``max_attempts``, ...), ``codec`` ('json' or 'pickle'), ``sse_key`` (32 bytes), ``public_url_expires``,
+    ``fsync`` (local), and the backend's own (``endpoint_url``, ``region_name``, credentials, ``project``...).
+    """
+    parsed = parse_locator(locator)
+    options = dict(options)
+    transfer = options.pop("transfer", None) or TransferConfig.from_options(options)
+    store_options = {k: options.pop(k) for k in _STORE_OPTIONS if k in options}
+    backend = open_backend(parsed, transfer=transfer, **options)
+    return JobStore(backend, locator=parsed.text, backend_options=options, **store_options)
