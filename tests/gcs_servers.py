@@ -1,0 +1,88 @@
+"""Pytest plugin: a gcp-storage-emulator on 127.0.0.1 for the session, and a fresh GCS store per test.
+
+``gcs_emulator`` starts ``gcp-storage-emulator start -H 127.0.0.1 --port N --in-memory`` on a free port, waits
+until it answers and stops it at the end of the session. ``gcs_target`` gives each test a new bucket (created
+here) and wipes the emulator's state afterwards (``GET /wipe``): the emulator rewrites its whole object table on
+every write, so letting it grow would make the suite slow.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import StoreTarget, free_port
+
+
+def _emulator_command() -> list[str] | None:
+    exe = shutil.which("gcp-storage-emulator") or str(Path(sys.executable).with_name("gcp-storage-emulator"))
+    return [exe] if os.path.exists(exe) else None
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> bytes:
+    """A blocking HTTP request to the emulator (test set-up only)."""
+    request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return response.read()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[str]:
+    """The URL of a running gcp-storage-emulator (``STORAGE_EMULATOR_HOST``)."""
+    command = _emulator_command()
+    if command is None:
+        pytest.skip("gcp-storage-emulator is not installed (pip install gcp-storage-emulator)")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"gcs-emulator-{port}.log"), "wb")  # noqa: SIM115
+    process = subprocess.Popen([*command, "start", "-H", "127.0.0.1", "--port", str(port), "--in-memory", "-q"],
+                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not _answers(url):
+            if process.poll() is not None:
+                pytest.fail(f"gcp-storage-emulator exited with {process.returncode}; see {log.name}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"gcp-storage-emulator did not answer on {url} within 30 s; see {log.name}")
+            time.sleep(0.1)
+        yield url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def create_bucket(emulator: str, bucket: str) -> None:
+    http("POST", f"{emulator}/storage/v1/b?project=test", f'{{"name": "{bucket}"}}'.encode(),
+         {"Content-Type": "application/json"})
+
+
+@pytest.fixture
+def gcs_target(gcs_emulator: str) -> Iterator[StoreTarget]:
+    """A fresh, empty GCS location (a new bucket on the emulator) and the options that reach it."""
+    bucket = f"ajs-test-{uuid.uuid4().hex[:12]}"
+    create_bucket(gcs_emulator, bucket)
+    yield StoreTarget(f"gs://{bucket}/store", {"emulator_host": gcs_emulator})
+    http("GET", f"{gcs_emulator}/wipe")
