@@ -1,0 +1,1206 @@
+"""S3 backend on aiobotocore: AWS, MinIO, Ceph RGW and any S3-compatible endpoint.
+
+How data moves:
+
+- One aiobotocore client per backend, created lazily inside the running event loop on first use; its connection
+  pool is sized to ``max_requests`` (the default pool of 10 would silently cap parallelism). botocore's own retries
+  are off (one attempt): every request is retried here, per request, with :class:`RetryPolicy`.
+- Request bodies are never handed to aiohttp as one big ``bytes``: a part is an async iterable of ~1 MiB slices
+  (``os.pread`` in a worker thread for files, memoryview slices for buffered stream parts), sent with an explicit
+  Content-Length. That keeps a part in flight at about one slice of memory and is several times faster than one
+  large ``bytes`` body. Payload signing is off (``UNSIGNED-PAYLOAD``): CRC32C gives integrity without SHA-256ing
+  every byte on plain-http endpoints.
+- Uploads of a file first compute the CRC32C of every part in worker threads (a pass over the page cache, at
+  10+ GB/s), so that each part is sent with ``x-amz-checksum-crc32c`` (checked by servers that support flexible
+  checksums, ignored by older ones such as Ceph 16) and the whole-object CRC32C, combined arithmetically from the
+  parts, can be put in the object's metadata (``ajs-crc32c``) at CreateMultipartUpload. The slices sent are
+  hashed again while they go out; a file that changed between the passes fails the upload instead of storing
+  bytes that do not match their checksum.
+- Write streams of unknown length cannot know their checksum when CreateMultipartUpload needs the metadata.
+  A stream that stays below one part becomes a single PutObject carrying the checksum. A longer stream is
+  completed first and then copied onto itself server-side with the checksum added to its metadata
+  (CopyObject with ``MetadataDirective=REPLACE``, UploadPartCopy above 5 GiB): no byte goes through the client
+  again, every reader can verify the stream like any other object, and the object's content is the same before
+  and after the copy, so the write stays atomic. The alternative of a sidecar checksum object was rejected: it
+  can disagree with its object after a crash.
+- Reads HEAD the object (size, etag, metadata, whether it needs the SSE-C key), then GET ranges pinned to that
+  etag with ``If-Match``. A dropped connection resumes from the byte offset reached. Whole-object reads verify
+  the CRC32C; a mismatch is retried once (``get_object``, ``download_file``) and then raises ``IntegrityError``.
+
+Conditional writes: ``if_absent`` sends ``If-None-Match: *`` and ``if_match`` sends ``If-Match: <etag>`` on
+PutObject (and CompleteMultipartUpload). moto 5.2 and Ceph RGW 16 honour both on PutObject. Servers that ignore
+them are detected once per backend (a probe write to a private key under the prefix); for those, the backend
+falls back to a HEAD check right before the write and a re-check after it, which narrows the race to the width
+of one request and reports a lost race as ``ConcurrentModificationError`` when it can see it.
+
+SSE-C: writers with ``encrypted=True`` send the backend's 32-byte key and record its SHA-256 (``ajs-key-sha256``);
+readers try without a key and retry with it when the server says the object is encrypted (HEAD 400). A missing or
+wrong key raises ``EncryptionKeyError``; servers that do not enforce SSE-C (moto) are still covered by the
+recorded fingerprint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from os import PathLike
+from typing import Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from ..errors import (
+    BackendUnavailableError,
+    ConcurrentModificationError,
+    EncryptionKeyError,
+    IntegrityError,
+    JobStoreError,
+    NoSuchFileError,
+    TransferError,
+)
+from ..locator import Locator
+from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
+from ..transfer import (
+    MiB,
+    Part,
+    PartWindow,
+    Progress,
+    ProgressCallback,
+    RetryPolicy,
+    TransferConfig,
+    byte_ranges,
+    choose_part_size,
+    combine_part_crcs,
+    crc32c,
+    crc32c_async,
+    crc32c_from_b64,
+    crc32c_to_b64,
+    file_range_crc32c,
+    plan_parts,
+    run_parts,
+    with_retries,
+    write_file_range,
+)
+from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, validate_key
+
+#: Marker object under the prefix: present when this store created the bucket (so ``destroy`` may remove it).
+CREATED_BUCKET_MARKER = ".aiojobstore-created-bucket"
+_PROBE_KEY = ".aiojobstore-conditional-probe"
+_HIDDEN = (CREATED_BUCKET_MARKER, _PROBE_KEY)
+MAX_COPY_OBJECT = 5 * 1024 * MiB
+_READ_RANGE = 8 * MiB
+_READ_AHEAD = 4
+_RETRYABLE_CODES = {
+    "SlowDown", "Throttling", "ThrottlingException", "ThrottledException", "RequestThrottled",
+    "RequestLimitExceeded", "RequestTimeout", "RequestTimeoutException", "InternalError", "ServiceUnavailable",
+    "503", "500", "502", "504", "BadGateway", "GatewayTimeout", "OperationAborted",
+}
+
+
+class _ChangedWhileReading(TransferError):
+    """A local file changed between the checksum pass and the upload (never retried)."""
+
+
+def _error_code(error: BaseException) -> str:
+    response = getattr(error, "response", None) or {}
+    return str(response.get("Error", {}).get("Code", ""))
+
+
+def _http_status(error: BaseException) -> int:
+    response = getattr(error, "response", None) or {}
+    return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def _is_retryable(error: BaseException) -> bool:
+    """Throttling, 5xx, timeouts and connection problems; never 4xx input errors."""
+    if isinstance(error, _ChangedWhileReading | JobStoreError):
+        return False
+    from botocore.exceptions import (
+        ClientError,
+        ConnectionClosedError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        IncompleteReadError,
+        ReadTimeoutError,
+        ResponseStreamingError,
+    )
+
+    if isinstance(error, ClientError):
+        return _error_code(error) in _RETRYABLE_CODES or _http_status(error) >= 500
+    if isinstance(error, EndpointConnectionError | ConnectionClosedError | ReadTimeoutError | ConnectTimeoutError
+                  | ResponseStreamingError | IncompleteReadError):
+        return True
+    import aiohttp
+
+    return isinstance(error, aiohttp.ClientError | TimeoutError | ConnectionError)
+
+
+def _is_ip_or_localhost(url: str | None) -> bool:
+    if not url:
+        return False
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class _SliceBody:
+    """A request body over a file range or a buffer: an async iterable of slices, each file slice read with
+    ``os.pread`` in a worker thread (and hashed there). ``read`` exists only so botocore accepts it as a blob."""
+
+    def __init__(self, *, length: int, path: str | None = None, offset: int = 0, buffer: Buffer | None = None,
+                 slice_size: int = MiB, expected_crc: int | None = None) -> None:
+        self.length = length
+        self.path = path
+        self.offset = offset
+        self.buffer = buffer
+        self.slice_size = slice_size
+        self.expected_crc = expected_crc
+
+    def read(self, n: int = -1) -> bytes:  # pragma: no cover - never called by aiohttp for async iterables
+        raise TypeError("_SliceBody is sent as an async iterable")
+
+    def __len__(self) -> int:
+        return self.length
+
+    async def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
+        if self.buffer is not None:
+            view = memoryview(self.buffer)[: self.length]
+            for start in range(0, self.length, self.slice_size):
+                yield view[start : start + self.slice_size]
+            return
+        assert self.path is not None
+        fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
+        try:
+            value = 0
+            done = 0
+            while done < self.length:
+                want = min(self.slice_size, self.length - done)
+                data, value = await anyio.to_thread.run_sync(self._read_slice, fd, want, self.offset + done, value)
+                done += len(data)
+                yield data
+            if self.expected_crc is not None and value != self.expected_crc:
+                raise _ChangedWhileReading(f"{self.path} changed while it was being uploaded; upload it again")
+        finally:
+            os.close(fd)
+
+    def _read_slice(self, fd: int, want: int, offset: int, value: int) -> tuple[bytes, int]:
+        data = os.pread(fd, want, offset)
+        if not data:
+            raise _ChangedWhileReading(f"{self.path} shrank while it was being uploaded")
+        return data, crc32c(data, value)
+
+
+class S3Backend(Backend):
+    """Objects in an S3 bucket under a key prefix (``s3://bucket/prefix`` or ``aws:REGION:BUCKET``)."""
+
+    scheme = "s3"
+
+    def __init__(self, bucket: str, prefix: str = "", *, transfer: TransferConfig | None = None,
+                 sse_key: bytes | str | None = None, endpoint_url: str | None = None, region_name: str | None = None,
+                 aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
+                 aws_session_token: str | None = None, profile_name: str | None = None) -> None:
+        super().__init__(transfer=transfer, sse_key=sse_key)
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.root = f"{self.prefix}/" if self.prefix else ""
+        self.endpoint_url = (endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3")
+                             or os.environ.get("AWS_ENDPOINT_URL") or None)
+        self.region_name = (region_name or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+                            or None)
+        self.profile_name = profile_name or os.environ.get("AWS_PROFILE") or None
+        self._credentials = {"aws_access_key_id": aws_access_key_id,
+                             "aws_secret_access_key": aws_secret_access_key,
+                             "aws_session_token": aws_session_token}
+        self.retry_policy = RetryPolicy.from_config(self.transfer)
+        self._client: Any = None
+        self._client_cm: Any = None
+        self._client_lock: anyio.Lock | None = None
+        self._conditional_ok: bool | None = None
+        self._send_checksums = True
+        self._if_match_bare = False
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    # ------------------------------------------------------------------ client and requests
+
+    async def client(self) -> Any:
+        """The aiobotocore client, created on first use inside the running loop."""
+        if self._client is not None:
+            return self._client
+        if self._client_lock is None:
+            self._client_lock = anyio.Lock()
+        async with self._client_lock:
+            if self._client is None:
+                try:
+                    from aiobotocore.config import AioConfig
+                    from aiobotocore.session import AioSession
+                except ImportError as error:  # pragma: no cover
+                    raise BackendUnavailableError(f"the S3 backend needs aiobotocore ({error})") from error
+                config = AioConfig(
+                    max_pool_connections=max(self.transfer.max_requests, 10),
+                    retries={"total_max_attempts": 1, "mode": "standard"},
+                    s3={"addressing_style": "path" if _is_ip_or_localhost(self.endpoint_url) else "auto",
+                        "payload_signing_enabled": False},
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                    connect_timeout=20,
+                    read_timeout=120,
+                )
+                try:
+                    session = AioSession(profile=self.profile_name)
+                    cm = session.create_client(
+                        "s3", endpoint_url=self.endpoint_url, region_name=self.region_name or "us-east-1",
+                        config=config, **{k: v for k, v in self._credentials.items() if v is not None})
+                    self._client = await cm.__aenter__()
+                except Exception as error:
+                    raise BackendUnavailableError(f"cannot create an S3 client for {self.describe()}: {error}. "
+                                                  "Check endpoint_url, region_name, profile and credentials") from error
+                self._client_cm = cm
+        return self._client
+
+    async def close(self) -> None:
+        cm, self._client_cm, self._client = self._client_cm, None, None
+        if cm is not None:
+            with anyio.CancelScope(shield=True):
+                await cm.__aexit__(None, None, None)
+
+    def _full(self, key: str) -> str:
+        return self.root + key
+
+    def _sse(self, encrypted: bool) -> dict[str, Any]:
+        if not encrypted:
+            return {}
+        assert self.sse_key is not None
+        return {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": self.sse_key}
+
+    async def _request(self, operation: str, *, key: str = "", what: str = "", **params: Any) -> Any:
+        """One S3 call under the store's request limit, retried per :class:`RetryPolicy`, errors translated."""
+        client = await self.client()
+        method = getattr(client, operation)
+
+        async def once() -> Any:
+            async with self.limits.requests:
+                return await method(**params)
+
+        try:
+            return await with_retries(once, policy=self.retry_policy, is_retryable=_is_retryable,
+                                       what=f"S3 {operation} {what or key}")
+        except Exception as error:
+            raise self._translate(error, key, operation, encrypted="SSECustomerKey" in params) from error
+
+    def _translate(self, error: BaseException, key: str, operation: str, *, encrypted: bool = False) -> BaseException:
+        if isinstance(error, JobStoreError):
+            return error
+        code, status = _error_code(error), _http_status(error)
+        where = f"{operation} on {key!r} in {self.describe()}" if key else f"{operation} on {self.describe()}"
+        if code == "NoSuchBucket":
+            return NoSuchFileError(key or self.bucket, f"bucket {self.bucket!r} does not exist (initialize the store)")
+        if code in ("NoSuchKey", "NotFound", "404") or status == 404:
+            return NoSuchFileError(key)
+        if code in ("PreconditionFailed", "ConditionalRequestConflict", "412") or (status in (409, 412) and \
+                operation in ("put_object", "complete_multipart_upload")):
+            return ConcurrentModificationError(f"{key!r} changed (or was created) by someone else since it was read")
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken",
+                    "ExpiredToken") and not encrypted:
+            return BackendUnavailableError(f"{where} was refused ({code}): check the credentials and permissions")
+        if encrypted and status in (400, 403):
+            return EncryptionKeyError(f"{key!r} could not be read with this store's sse_key (HTTP {status} {code}): "
+                                      "it was encrypted with a different key")
+        if status == 400 and "encrypt" in str(error).lower():
+            return EncryptionKeyError(f"{key!r} is encrypted (SSE-C): open the store with the sse_key it was written "
+                                      "with")
+        if _is_retryable(error):
+            return TransferError(f"{where} failed after retrying: {error}")
+        return TransferError(f"{where} failed: {error}")
+
+    # ------------------------------------------------------------------ container
+
+    async def create(self) -> bool:
+        if await self._bucket_exists():
+            return False
+        params: dict[str, Any] = {"Bucket": self.bucket}
+        region = self.region_name or "us-east-1"
+        if region != "us-east-1":
+            params["CreateBucketConfiguration"] = {"LocationConstraint": region}
+        try:
+            await self._request("create_bucket", what=self.bucket, **params)
+        except TransferError as error:
+            if _error_code(error.__cause__) in ("BucketAlreadyOwnedByYou",):
+                return False
+            if _error_code(error.__cause__) == "BucketAlreadyExists":
+                raise BackendUnavailableError(f"bucket {self.bucket!r} belongs to someone else: choose another "
+                                              "name") from error
+            raise
+        await self._request("put_object", key=CREATED_BUCKET_MARKER, Bucket=self.bucket,
+                            Key=self._full(CREATED_BUCKET_MARKER), Body=b"")
+        return True
+
+    async def _bucket_exists(self) -> bool:
+        try:
+            await self._request("head_bucket", what=self.bucket, Bucket=self.bucket)
+        except NoSuchFileError:
+            return False
+        return True
+
+    async def exists(self) -> bool:
+        return await self._bucket_exists()
+
+    async def destroy(self) -> None:
+        if not await self._bucket_exists():
+            return
+        created = await self._head_raw(CREATED_BUCKET_MARKER) is not None
+        await self._abort_uploads()
+        batch: list[str] = []
+        marker = self._full(CREATED_BUCKET_MARKER)
+        async for full_key in self._list_keys(self.root):
+            if full_key == marker:
+                continue
+            batch.append(full_key)
+            if len(batch) == 1000:
+                await self._delete_batch(batch)
+                batch = []
+        if batch:
+            await self._delete_batch(batch)
+        if created:
+            await self._delete_batch([marker])
+            try:
+                await self._request("delete_bucket", what=self.bucket, Bucket=self.bucket)
+            except NoSuchFileError:
+                pass
+            except TransferError as error:
+                if _error_code(error.__cause__) != "BucketNotEmpty":
+                    raise
+
+    async def _abort_uploads(self, prefix: str | None = None) -> None:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.root if prefix is None else prefix}
+        while True:
+            try:
+                page = await self._request("list_multipart_uploads", what="uploads", **params)
+            except NoSuchFileError:
+                return
+            for upload in page.get("Uploads", []):
+                await self._abort(upload["Key"], upload["UploadId"])
+            if not page.get("IsTruncated"):
+                return
+            params["KeyMarker"] = page.get("NextKeyMarker")
+            params["UploadIdMarker"] = page.get("NextUploadIdMarker")
+
+    async def pending_uploads(self, prefix: str = "") -> list[str]:
+        """Keys (relative to the root) of multipart uploads still pending under ``prefix``."""
+        page = await self._request("list_multipart_uploads", what="uploads", Bucket=self.bucket,
+                                   Prefix=self.root + prefix)
+        return [u["Key"][len(self.root):] for u in page.get("Uploads", [])]
+
+    async def _abort(self, full_key: str, upload_id: str) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self._request("abort_multipart_upload", key=full_key, Bucket=self.bucket, Key=full_key,
+                                    UploadId=upload_id)
+            except NoSuchFileError:
+                pass
+
+    async def _delete_batch(self, full_keys: list[str]) -> None:
+        result = await self._request("delete_objects", what=f"{len(full_keys)} objects", Bucket=self.bucket,
+                                     Delete={"Objects": [{"Key": k} for k in full_keys], "Quiet": True})
+        errors = [e for e in result.get("Errors", []) if e.get("Code") != "NoSuchKey"]
+        if errors:
+            raise TransferError(f"could not delete {len(errors)} objects from {self.describe()}: {errors[:3]}")
+
+    async def _list_keys(self, full_prefix: str) -> AsyncIterator[str]:
+        async for entry in self._list_raw(full_prefix):
+            yield entry["Key"]
+
+    async def _list_raw(self, full_prefix: str) -> AsyncIterator[dict[str, Any]]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": full_prefix}
+        while True:
+            page = await self._request("list_objects_v2", what=f"list {full_prefix!r}", **params)
+            for entry in page.get("Contents", []):
+                yield entry
+            if not page.get("IsTruncated"):
+                return
+            params["ContinuationToken"] = page["NextContinuationToken"]
+
+    # ------------------------------------------------------------------ metadata
+
+    def _info(self, key: str, response: dict[str, Any], size: int | None = None) -> ObjectInfo:
+        modified = response.get("LastModified")
+        return ObjectInfo(
+            key=key,
+            size=response.get("ContentLength", 0) if size is None else size,
+            etag=response.get("ETag"),
+            mtime=modified.timestamp() if modified is not None else None,
+            metadata=dict(response.get("Metadata", {})),
+        )
+
+    async def _head_raw(self, key: str, sse: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        try:
+            return await self._request("head_object", key=key, Bucket=self.bucket, Key=self._full(key), **(sse or {}))
+        except NoSuchFileError:
+            return None
+
+    async def _head(self, key: str) -> tuple[ObjectInfo, dict[str, Any]] | None:
+        """HEAD an object; returns its info and the SSE-C parameters its reads need (None when missing)."""
+        sse: dict[str, Any] = {}
+        try:
+            response = await self._head_raw(key)
+        except (EncryptionKeyError, TransferError) as error:
+            if _http_status(error.__cause__) != 400:
+                raise
+            if self.sse_key is None:
+                raise EncryptionKeyError(f"{key!r} is encrypted (SSE-C): open the store with the sse_key it was "
+                                         "written with") from None
+            sse = self._sse(True)
+            response = await self._head_raw(key, sse)
+        if response is None:
+            return None
+        info = self._info(key, response)
+        self.check_encryption(key, info.metadata)
+        if not sse and info.metadata.get(META_KEY_SHA256) and response.get("SSECustomerAlgorithm"):
+            sse = self._sse(True)  # pragma: no cover - a server that answers HEAD without the key
+        return info, sse
+
+    async def stat(self, key: str) -> ObjectInfo | None:
+        validate_key(key)
+        try:
+            head = await self._head(key)
+        except EncryptionKeyError:
+            head = None
+            response = None
+            with contextlib.suppress(JobStoreError):
+                response = await self._head_raw(key, self._sse(True)) if self.sse_key else None
+            if response is not None:
+                return self._info(key, response)
+            raise
+        return None if head is None else head[0]
+
+    async def delete(self, key: str) -> None:
+        validate_key(key)
+        try:
+            await self._request("delete_object", key=key, Bucket=self.bucket, Key=self._full(key))
+        except NoSuchFileError:
+            pass
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        full = [self._full(validate_key(k)) for k in keys]
+        for start in range(0, len(full), 1000):
+            try:
+                await self._delete_batch(full[start : start + 1000])
+            except NoSuchFileError:
+                return
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every object under ``prefix`` with its metadata (one HEAD per object, run in parallel per page)."""
+        page: list[dict[str, Any]] = []
+        try:
+            async for entry in self._list_raw(self.root + prefix):
+                key = entry["Key"][len(self.root):]
+                if key in _HIDDEN:
+                    continue
+                page.append(entry)
+                if len(page) == 200:
+                    for info in await self._with_metadata(page):
+                        yield info
+                    page = []
+        except NoSuchFileError:
+            return
+        for info in await self._with_metadata(page):
+            yield info
+
+    async def _with_metadata(self, entries: list[dict[str, Any]]) -> list[ObjectInfo]:
+        async def one(part: Part) -> ObjectInfo | None:
+            entry = entries[part.number - 1]
+            key = entry["Key"][len(self.root):]
+            try:
+                head = await self._head(key)
+            except EncryptionKeyError:
+                head = None
+            if head is not None:
+                return head[0]
+            modified = entry.get("LastModified")
+            return ObjectInfo(key, entry.get("Size", 0), entry.get("ETag"),
+                              modified.timestamp() if modified else None, {})
+
+        parts = [Part(i + 1, 0, 0) for i in range(len(entries))]
+        infos = await run_parts(parts, one, max_concurrency=16)
+        return [i for i in infos if i is not None]
+
+    # ------------------------------------------------------------------ conditional writes
+
+    async def _conditions_honoured(self) -> bool:
+        """Whether the server honours If-None-Match / If-Match on PutObject, probed once per backend. Also
+        learns the ETag form If-Match wants: Ceph RGW 16 compares it without the quotes S3 returns."""
+        if self._conditional_ok is None:
+            probe = self._full(_PROBE_KEY)
+            params = {"Bucket": self.bucket, "Key": probe, "Body": b""}
+            etag = (await self._request("put_object", key=_PROBE_KEY, **params)).get("ETag", "")
+            honoured = True
+            try:
+                await self._request("put_object", key=_PROBE_KEY, IfNoneMatch="*", **params)
+                honoured = False
+            except ConcurrentModificationError:
+                pass
+            except TransferError:
+                honoured = False
+            if honoured:
+                for form in (etag, etag.strip('"')):
+                    try:
+                        await self._request("put_object", key=_PROBE_KEY, IfMatch=form, **params)
+                    except (ConcurrentModificationError, TransferError):
+                        continue
+                    self._if_match_bare = form != etag
+                    break
+                else:
+                    honoured = False
+                if honoured:  # and a wrong etag must be refused
+                    try:
+                        await self._request("put_object", key=_PROBE_KEY, IfMatch='"0"', **params)
+                        honoured = False
+                    except ConcurrentModificationError:
+                        pass
+                    except TransferError:
+                        honoured = False
+            with contextlib.suppress(JobStoreError):
+                await self._request("delete_object", key=_PROBE_KEY, Bucket=self.bucket, Key=probe)
+            self._conditional_ok = honoured
+        return self._conditional_ok
+
+    async def _check_condition(self, key: str, if_absent: bool, if_match: str | None) -> None:
+        """The fallback for servers that ignore conditional headers: check right before writing."""
+        if not if_absent and if_match is None:
+            return
+        response = await self._head_raw_any(key)
+        if if_absent and response is not None:
+            raise ConcurrentModificationError(f"{key!r} already exists")
+        if if_match is not None and (response is None or _bare(response.get("ETag")) != _bare(if_match)):
+            raise ConcurrentModificationError(f"{key!r} changed since it was read")
+
+    async def _head_raw_any(self, key: str) -> dict[str, Any] | None:
+        try:
+            return await self._head_raw(key)
+        except JobStoreError:
+            if self.sse_key is None:
+                return {"ETag": None}
+            return await self._head_raw(key, self._sse(True))
+
+    def _condition_params(self, if_absent: bool, if_match: str | None) -> dict[str, str]:
+        params: dict[str, str] = {}
+        if if_absent:
+            params["IfNoneMatch"] = "*"
+        if if_match is not None:
+            params["IfMatch"] = _bare(if_match) if self._if_match_bare else if_match
+        return params
+
+    # ------------------------------------------------------------------ writes
+
+    def _write_metadata(self, metadata: dict[str, str] | None, encrypted: bool, crc: int | None) -> dict[str, str]:
+        meta = {**(metadata or {}), **self.encryption_metadata(encrypted)}
+        if crc is not None:
+            meta[META_CRC32C] = crc32c_to_b64(crc)
+        return meta
+
+    def _checksum_param(self, crc: int) -> dict[str, str]:
+        return {"ChecksumCRC32C": crc32c_to_b64(crc)} if self._send_checksums else {}
+
+    async def _put_object(self, key: str, body: Any, length: int, crc: int, meta: dict[str, str], *,
+                          encrypted: bool, if_absent: bool = False, if_match: str | None = None) -> ObjectInfo:
+        conditional = self._condition_params(if_absent, if_match)
+        if conditional and not await self._conditions_honoured():
+            await self._check_condition(key, if_absent, if_match)
+            conditional = {}
+        body_factory = body if callable(body) else (lambda: body)
+        response = await self._put_with_checksum_fallback(
+            key, lambda: {"Bucket": self.bucket, "Key": self._full(key), "Body": body_factory(),
+                          "ContentLength": length, "Metadata": meta, **self._checksum_param(crc),
+                          **self._sse(encrypted), **conditional})
+        return ObjectInfo(key, length, response.get("ETag"), time.time(), meta)
+
+    async def _put_with_checksum_fallback(self, key: str, params: Callable[[], dict[str, Any]],
+                                          operation: str = "put_object") -> Any:
+        try:
+            return await self._request(operation, key=key, **params())
+        except TransferError as error:
+            code = _error_code(error.__cause__)
+            if self._send_checksums and code in ("InvalidArgument", "NotImplemented", "InvalidRequest") and \
+                    "checksum" in str(error.__cause__).lower():
+                self._send_checksums = False  # the server rejects flexible checksums: rely on ajs-crc32c alone
+                return await self._request(operation, key=key, **params())
+            raise
+
+    async def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None,
+                        if_absent: bool = False, if_match: str | None = None, encrypted: bool = False) -> ObjectInfo:
+        validate_key(key)
+        data = bytes(data)
+        crc = await crc32c_async(data)
+        meta = self._write_metadata(metadata, encrypted, crc)
+        body: Any = data if len(data) <= MiB else (
+            lambda: _SliceBody(length=len(data), buffer=data, slice_size=self.transfer.io_slice_size))
+        return await self._put_object(key, body, len(data), crc, meta, encrypted=encrypted, if_absent=if_absent,
+                                      if_match=if_match)
+
+    async def upload_file(self, path: str | PathLike[str], key: str, *, metadata: dict[str, str] | None = None,
+                          encrypted: bool = False, progress: ProgressCallback | None = None) -> ObjectInfo:
+        validate_key(key)
+        path = os.fspath(path)
+        self.encryption_metadata(encrypted)
+        size = (await anyio.Path(path).stat()).st_size
+        cfg = self.transfer
+        part_size = choose_part_size(size, cfg.part_size, max_parts=cfg.max_parts, min_part_size=cfg.min_part_size)
+        report = Progress(progress, size)
+        if size <= part_size:
+            crc = await anyio.to_thread.run_sync(file_range_crc32c, path, 0, size)
+            info = await self._put_object(
+                key, lambda: _SliceBody(length=size, path=path, slice_size=cfg.io_slice_size, expected_crc=crc),
+                size, crc, self._write_metadata(metadata, encrypted, crc), encrypted=encrypted)
+            await report.advance(size)
+            return info
+        parts = plan_parts(size, part_size, max_parts=cfg.max_parts, min_part_size=cfg.min_part_size)
+
+        async def part_crc(part: Part) -> int:
+            return await anyio.to_thread.run_sync(file_range_crc32c, path, part.offset, part.length)
+
+        crcs = await run_parts(parts, part_crc, max_concurrency=max(2, cfg.max_concurrency // 2))
+        whole = combine_part_crcs(zip(crcs, (p.length for p in parts), strict=True))
+        meta = self._write_metadata(metadata, encrypted, whole)
+
+        def body(part: Part) -> _SliceBody:
+            return _SliceBody(length=part.length, path=path, offset=part.offset, slice_size=cfg.io_slice_size,
+                              expected_crc=crcs[part.number - 1])
+
+        return await self._multipart(key, parts, body, crcs, meta, encrypted=encrypted, report=report)
+
+    async def _multipart(self, key: str, parts: list[Part], body: Callable[[Part], Any], crcs: list[int],
+                         meta: dict[str, str], *, encrypted: bool, report: Progress | None = None) -> ObjectInfo:
+        """Upload ``parts`` as one multipart upload; abort it on any failure or cancellation."""
+        upload = _MultipartUpload(self, key, meta, encrypted)
+        await upload.start()
+        try:
+            async with PartWindow(self.transfer.max_concurrency) as window:
+                for part in parts:
+                    await window.submit(upload.send_part, part, body, crcs[part.number - 1], report)
+            return await upload.complete(sum(p.length for p in parts))
+        except BaseException:
+            await upload.abort()
+            raise
+
+    @asynccontextmanager
+    async def open_writer(self, key: str, *, metadata: dict[str, str] | None = None, if_absent: bool = False,
+                          encrypted: bool = False) -> AsyncIterator[AsyncWriter]:
+        validate_key(key)
+        self.encryption_metadata(encrypted)
+        writer = _S3Writer(self, key, metadata, if_absent, encrypted)
+        await writer.start()
+        try:
+            yield writer
+        except BaseException:
+            await writer.fail()
+            raise
+        try:
+            await writer.commit()
+        except BaseException:
+            await writer.fail()
+            raise
+
+    # ------------------------------------------------------------------ copies
+
+    async def copy(self, src: str, dst: str, *, metadata: dict[str, str] | None = None) -> ObjectInfo:
+        validate_key(src)
+        validate_key(dst)
+        head = await self._head(src)
+        if head is None:
+            raise NoSuchFileError(src)
+        info, sse = head
+        return await self._server_copy(self.bucket, self._full(src), info, sse, dst, metadata)
+
+    async def copy_from(self, source: Backend, src_key: str, dst_key: str) -> ObjectInfo | None:
+        """Server-side copy from another S3 store on the same endpoint (any bucket); ``None`` when impossible."""
+        if not isinstance(source, S3Backend) or source.endpoint_url != self.endpoint_url:
+            return None
+        validate_key(src_key)
+        validate_key(dst_key)
+        head = await source._head(src_key)
+        if head is None:
+            raise NoSuchFileError(src_key)
+        info, sse = head
+        if sse and source.sse_key != self.sse_key:
+            return None  # the destination could not re-encrypt with the source's key
+        return await self._server_copy(source.bucket, source._full(src_key), info, sse, dst_key, None)
+
+    async def _server_copy(self, src_bucket: str, src_full: str, info: ObjectInfo, src_sse: dict[str, Any],
+                           dst: str, metadata: dict[str, str] | None, *, if_match: str | None = None) -> ObjectInfo:
+        meta = {**info.metadata, **(metadata or {})}
+        encrypted = bool(src_sse)
+        source = {"Bucket": src_bucket, "Key": src_full}
+        copy_sse = {"CopySourceSSECustomerAlgorithm": "AES256",
+                    "CopySourceSSECustomerKey": src_sse["SSECustomerKey"]} if src_sse else {}
+        if info.size <= MAX_COPY_OBJECT:
+            extra = {"CopySourceIfMatch": if_match} if if_match else {}
+            response = await self._request(
+                "copy_object", key=dst, Bucket=self.bucket, Key=self._full(dst), CopySource=source,
+                MetadataDirective="REPLACE", Metadata=meta, **self._sse(encrypted), **copy_sse, **extra)
+            etag = response.get("CopyObjectResult", {}).get("ETag")
+            return ObjectInfo(dst, info.size, _quoted(etag), time.time(), meta)
+        upload = _MultipartUpload(self, dst, meta, encrypted)
+        await upload.start()
+        parts = plan_parts(info.size, max(self.transfer.part_size, 512 * MiB), max_parts=self.transfer.max_parts)
+        try:
+            async def one(part: Part) -> None:
+                response = await self._request(
+                    "upload_part_copy", key=dst, Bucket=self.bucket, Key=self._full(dst), UploadId=upload.upload_id,
+                    PartNumber=part.number, CopySource=source, CopySourceRange=f"bytes={part.offset}-{part.end - 1}",
+                    **({"CopySourceIfMatch": info.etag} if info.etag else {}), **self._sse(encrypted), **copy_sse)
+                upload.etags[part.number] = response["CopyPartResult"]["ETag"]
+
+            await run_parts(parts, one, max_concurrency=self.transfer.max_concurrency)
+            return await upload.complete(info.size, checksums=False)
+        except BaseException:
+            await upload.abort()
+            raise
+
+    async def presign(self, key: str, expires: int = 3600) -> str:
+        validate_key(key)
+        client = await self.client()
+        return await client.generate_presigned_url(
+            "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=int(expires))
+
+    # ------------------------------------------------------------------ reads
+
+    async def _stream_range(self, key: str, start: int, end: int, etag: str | None, sse: dict[str, Any],
+                            sink: Callable[[int, bytes], Awaitable[None]]) -> None:
+        """GET ``[start, end)`` pinned to ``etag`` and feed it to ``sink(offset, data)`` in ~1 MiB pieces; a
+        dropped connection resumes at the offset reached (retried per the store's policy)."""
+        if end <= start:
+            return
+        client = await self.client()
+        position = start
+        slice_size = self.transfer.io_slice_size
+
+        async def once() -> None:
+            nonlocal position
+            params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key),
+                                      "Range": f"bytes={position}-{end - 1}", **sse}
+            if etag:
+                params["IfMatch"] = etag
+            async with self.limits.requests:
+                response = await client.get_object(**params)
+                body = response["Body"]
+                try:
+                    pending = bytearray()
+                    while position + len(pending) < end:
+                        chunk = await body.read(min(slice_size, end - position - len(pending)))
+                        if not chunk:
+                            from botocore.exceptions import IncompleteReadError
+
+                            raise IncompleteReadError(actual_bytes=position + len(pending) - start,
+                                                      expected_bytes=end - start)
+                        pending += chunk
+                        if len(pending) >= slice_size:
+                            data, pending = bytes(pending), bytearray()
+                            await sink(position, data)
+                            position += len(data)
+                    if pending:
+                        await sink(position, bytes(pending))
+                        position += len(pending)
+                finally:
+                    body.close()
+
+        try:
+            await with_retries(once, policy=self.retry_policy, is_retryable=_is_retryable,
+                               what=f"S3 GET {key} [{start}, {end})")
+        except Exception as error:
+            translated = self._translate(error, key, "get_object", encrypted=bool(sse))
+            if isinstance(translated, ConcurrentModificationError):
+                translated = TransferError(f"{key!r} was replaced while it was being read; read it again")
+            raise translated from error
+
+    async def get_object(self, key: str, *, start: int = 0, end: int | None = None) -> tuple[bytes, ObjectInfo]:
+        validate_key(key)
+        for attempt in (1, 2):
+            head = await self._head(key)
+            if head is None:
+                raise NoSuchFileError(key)
+            info, sse = head
+            lo, hi = _clamp(start, end, info.size)
+            chunks: list[bytes] = []
+
+            async def collect(_offset: int, data: bytes, chunks: list[bytes] = chunks) -> None:
+                chunks.append(data)
+
+            await self._stream_range(key, lo, hi, info.etag, sse, collect)
+            data = b"".join(chunks)
+            if (lo, hi) != (0, info.size) or await self._crc_ok(info, await crc32c_async(data), len(data)):
+                return data, info
+            if attempt == 2:
+                raise _integrity_error(key, info)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _crc_ok(self, info: ObjectInfo, crc: int, size: int) -> bool:
+        if size != info.size:
+            return False
+        recorded = info.metadata.get(META_CRC32C)
+        return recorded is None or crc32c_from_b64(recorded) == crc
+
+    @asynccontextmanager
+    async def open_reader(self, key: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[AsyncReader]:
+        validate_key(key)
+        head = await self._head(key)
+        if head is None:
+            raise NoSuchFileError(key)
+        info, sse = head
+        lo, hi = _clamp(start, end, info.size)
+        whole = (lo, hi) == (0, info.size)
+        ranges = byte_ranges(lo, hi, min(self.transfer.part_size, _READ_RANGE))
+        results: dict[int, bytes | BaseException] = {}
+        ready = {r.number: anyio.Event() for r in ranges}
+        slots = anyio.Semaphore(_READ_AHEAD)
+
+        async def fetch(part: Part) -> None:
+            pieces: list[bytes] = []
+
+            async def collect(_offset: int, data: bytes) -> None:
+                pieces.append(data)
+
+            try:
+                await self._stream_range(key, part.offset, part.end, info.etag, sse, collect)
+                results[part.number] = b"".join(pieces)
+            except Exception as error:
+                results[part.number] = error
+            finally:
+                ready[part.number].set()
+
+        async def produce(task_group: Any) -> None:
+            for part in ranges:
+                await slots.acquire()
+                task_group.start_soon(fetch, part)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            value = 0
+            for part in ranges:
+                await ready[part.number].wait()
+                result = results.pop(part.number)
+                slots.release()
+                if isinstance(result, BaseException):
+                    raise result
+                if whole:
+                    value = crc32c(result, value) if len(result) < 256 * 1024 else await anyio.to_thread.run_sync(
+                        crc32c, result, value)
+                yield result
+            if whole and not await self._crc_ok(info, value, hi - lo):
+                raise _integrity_error(key, info)
+
+        async with anyio.create_task_group() as task_group:
+            task_group.start_soon(produce, task_group)
+            reader = ChunkReader(chunks(), size=hi - lo)
+            try:
+                yield reader
+            finally:
+                task_group.cancel_scope.cancel()
+                with anyio.CancelScope(shield=True):
+                    await reader.aclose()
+
+    async def download_file(self, key: str, path: str | PathLike[str], *,
+                            progress: ProgressCallback | None = None) -> ObjectInfo:
+        validate_key(key)
+        target = os.path.abspath(os.fspath(path))
+        for attempt in (1, 2):
+            head = await self._head(key)
+            if head is None:
+                raise NoSuchFileError(key)
+            info, sse = head
+            if await self._download_once(key, info, sse, target, progress):
+                return info
+            if attempt == 2:
+                raise _integrity_error(key, info)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _download_once(self, key: str, info: ObjectInfo, sse: dict[str, Any], target: str,
+                             progress: ProgressCallback | None) -> bool:
+        """Ranged GETs written at their offsets into a temp file beside ``target``, renamed onto it when the
+        CRC32C matches; returns whether it did."""
+        report = Progress(progress, info.size)
+        fd, temp = await anyio.to_thread.run_sync(lambda: tempfile.mkstemp(
+            dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".part"))
+        try:
+            await anyio.to_thread.run_sync(os.ftruncate, fd, info.size)
+            cfg = self.transfer
+            ranges = byte_ranges(0, info.size, choose_part_size(
+                info.size, cfg.part_size, max_parts=cfg.max_parts, min_part_size=cfg.min_part_size))
+
+            async def fetch(part: Part) -> int:
+                value = 0
+
+                def work(offset: int, data: bytes, crc: int) -> int:
+                    write_file_range(fd, offset, [data])
+                    return crc32c(data, crc)
+
+                async def write(offset: int, data: bytes) -> None:
+                    nonlocal value
+                    value = await anyio.to_thread.run_sync(work, offset, data, value)
+                    await report.advance(len(data))
+
+                await self._stream_range(key, part.offset, part.end, info.etag, sse, write)
+                return value
+
+            crcs = await run_parts(ranges, fetch, max_concurrency=cfg.max_concurrency)
+            whole = combine_part_crcs(zip(crcs, (r.length for r in ranges), strict=True))
+            if not await self._crc_ok(info, whole, info.size):
+                await report.rewind(report.done)
+                return False
+            await anyio.to_thread.run_sync(os.replace, temp, target)
+            temp = ""
+            return True
+        finally:
+            os.close(fd)
+            if temp:
+                with contextlib.suppress(OSError):
+                    os.unlink(temp)
+
+
+def _bare(etag: str | None) -> str | None:
+    return None if etag is None else etag.strip('"')
+
+
+def _quoted(etag: str | None) -> str | None:
+    """ETags as HEAD returns them (Ceph RGW leaves the quotes off some responses)."""
+    return etag if not etag or etag.startswith('"') else f'"{etag}"'
+
+
+def _clamp(start: int, end: int | None, size: int) -> tuple[int, int]:
+    lo = min(max(start, 0), size)
+    hi = size if end is None else min(max(end, lo), size)
+    return lo, hi
+
+
+def _integrity_error(key: str, info: ObjectInfo) -> IntegrityError:
+    return IntegrityError(f"{key!r} does not match its recorded CRC32C/size ({info.size} bytes) after a retry: the "
+                          "stored object is corrupt or was changed outside the store")
+
+
+class _MultipartUpload:
+    """One multipart upload: start, parts (with retries), complete (optionally conditional), abort."""
+
+    def __init__(self, backend: S3Backend, key: str, meta: dict[str, str], encrypted: bool, *,
+                 if_absent: bool = False) -> None:
+        self.backend = backend
+        self.key = key
+        self.full = backend._full(key)
+        self.meta = meta
+        self.encrypted = encrypted
+        self.if_absent = if_absent
+        self.upload_id: str | None = None
+        self.etags: dict[int, str] = {}
+        self.checksums: dict[int, str] = {}
+
+    async def start(self) -> None:
+        b = self.backend
+        response = await b._request("create_multipart_upload", key=self.key, Bucket=b.bucket, Key=self.full,
+                                    Metadata=self.meta, **b._sse(self.encrypted),
+                                    **({"ChecksumAlgorithm": "CRC32C"} if b._send_checksums else {}))
+        self.upload_id = response["UploadId"]
+
+    async def send_part(self, part: Part, body: Callable[[Part], Any], crc: int, report: Progress | None) -> None:
+        b = self.backend
+        sent = 0
+
+        def params() -> dict[str, Any]:
+            return {"Bucket": b.bucket, "Key": self.full, "UploadId": self.upload_id, "PartNumber": part.number,
+                    "Body": body(part), "ContentLength": part.length, **b._checksum_param(crc),
+                    **b._sse(self.encrypted)}
+
+        response = await b._put_with_checksum_fallback(self.key, params, "upload_part")
+        self.etags[part.number] = response["ETag"]
+        if b._send_checksums:
+            self.checksums[part.number] = crc32c_to_b64(crc)
+        sent = part.length
+        if report is not None:
+            await report.advance(sent)
+
+    async def complete(self, size: int, *, checksums: bool = True, if_absent: bool | None = None) -> ObjectInfo:
+        b = self.backend
+        if_absent = self.if_absent if if_absent is None else if_absent
+        conditional: dict[str, str] = {}
+        if if_absent:
+            if await b._conditions_honoured():
+                conditional = {"IfNoneMatch": "*"}
+            else:
+                await b._check_condition(self.key, True, None)
+        parts = []
+        for number in sorted(self.etags):
+            entry = {"PartNumber": number, "ETag": self.etags[number]}
+            if checksums and number in self.checksums and b._send_checksums:
+                entry["ChecksumCRC32C"] = self.checksums[number]
+            parts.append(entry)
+        try:
+            await b._request("complete_multipart_upload", key=self.key, Bucket=b.bucket, Key=self.full,
+                             UploadId=self.upload_id, MultipartUpload={"Parts": parts}, **b._sse(self.encrypted),
+                             **conditional)
+        except TransferError as error:
+            if conditional and _error_code(error.__cause__) in ("NotImplemented", "InvalidArgument"):
+                await b._check_condition(self.key, True, None)
+                await b._request("complete_multipart_upload", key=self.key, Bucket=b.bucket, Key=self.full,
+                                 UploadId=self.upload_id, MultipartUpload={"Parts": parts}, **b._sse(self.encrypted))
+            else:
+                raise
+        self.upload_id = None
+        # CompleteMultipartUpload's ETag is empty on Ceph RGW: HEAD for the real one.
+        head = await b._head_raw(self.key, b._sse(self.encrypted))
+        etag = head.get("ETag") if head else None
+        return ObjectInfo(self.key, size, etag, time.time(), self.meta)
+
+    async def abort(self) -> None:
+        if self.upload_id is not None:
+            upload_id, self.upload_id = self.upload_id, None
+            with anyio.CancelScope(shield=True):
+                with contextlib.suppress(JobStoreError):
+                    await self.backend._abort(self.full, upload_id)
+
+
+class _S3Writer:
+    """Buffers one part; full parts go to background uploads (a :class:`PartWindow`) while the caller writes."""
+
+    def __init__(self, backend: S3Backend, key: str, metadata: dict[str, str] | None, if_absent: bool,
+                 encrypted: bool) -> None:
+        self.backend = backend
+        self.key = key
+        self.metadata = metadata
+        self.if_absent = if_absent
+        self.encrypted = encrypted
+        self.part_size = max(backend.transfer.part_size, backend.transfer.min_part_size)
+        self.bytes_written = 0
+        self._buffer = bytearray()
+        self._reserved = 0
+        self._upload: _MultipartUpload | None = None
+        self._window: PartWindow | None = None
+        self._crcs: dict[int, tuple[int, int]] = {}
+        self._next_part = 1
+        self._closed = False
+
+    async def start(self) -> None:
+        await self._reserve()
+
+    async def _reserve(self) -> None:
+        await self.backend.limits.memory.acquire(self.part_size)
+        self._reserved += self.part_size
+
+    def _release(self, n: int) -> None:
+        self._reserved -= n
+        self.backend.limits.memory.release(n)
+
+    async def write(self, data: Buffer) -> int:
+        if self._closed:
+            raise ValueError("write to a closed S3 writer")
+        view = memoryview(data).cast("B")
+        n = len(view)
+        while view:
+            room = self.part_size - len(self._buffer)
+            self._buffer += view[:room]
+            view = view[room:]
+            if len(self._buffer) >= self.part_size:
+                await self._hand_off()
+        self.bytes_written += n
+        return n
+
+    async def _hand_off(self) -> None:
+        b = self.backend
+        if self._upload is None:
+            self._upload = _MultipartUpload(b, self.key, b._write_metadata(self.metadata, self.encrypted, None),
+                                            self.encrypted, if_absent=self.if_absent)
+            await self._upload.start()
+            self._window = PartWindow(b.transfer.max_concurrency)
+            await self._window.__aenter__()
+        assert self._window is not None
+        buffer, self._buffer = self._buffer, bytearray()
+        number = self._next_part
+        self._next_part += 1
+        reserved = self.part_size  # the reservation moves with the buffer to its upload job
+        self._reserved -= reserved
+        await self._window.submit(self._send, number, buffer, reserved)
+        await self._reserve()
+
+    async def _send(self, number: int, buffer: bytearray, reserved: int) -> None:
+        try:
+            crc = await crc32c_async(buffer)
+            self._crcs[number] = (crc, len(buffer))
+            part = Part(number, 0, len(buffer))
+            assert self._upload is not None
+            slice_size = self.backend.transfer.io_slice_size
+            await self._upload.send_part(part, lambda p: _SliceBody(length=p.length, buffer=buffer,
+                                                                    slice_size=slice_size), crc, None)
+        finally:
+            self.backend.limits.memory.release(reserved)
+
+    async def commit(self) -> ObjectInfo:
+        b = self.backend
+        self._closed = True
+        if self._upload is None:
+            data = bytes(self._buffer)
+            self._buffer = bytearray()
+            self._release(self._reserved)
+            crc = await crc32c_async(data)
+            meta = b._write_metadata(self.metadata, self.encrypted, crc)
+            body: Any = data if len(data) <= MiB else (
+                lambda: _SliceBody(length=len(data), buffer=data, slice_size=b.transfer.io_slice_size))
+            return await b._put_object(self.key, body, len(data), crc, meta, encrypted=self.encrypted,
+                                       if_absent=self.if_absent)
+        assert self._window is not None
+        if self._buffer:
+            buffer, self._buffer = self._buffer, bytearray()
+            number = self._next_part
+            self._next_part += 1
+            reserved = self._reserved
+            self._reserved = 0
+            await self._window.submit(self._send, number, buffer, reserved)
+        else:
+            self._release(self._reserved)
+        window, self._window = self._window, None
+        await window.__aexit__(None, None, None)
+        whole = combine_part_crcs(self._crcs[n] for n in sorted(self._crcs))
+        info = await self._upload.complete(self.bytes_written)
+        # Record the whole-object checksum: a server-side copy onto itself with the metadata completed.
+        meta = b._write_metadata(self.metadata, self.encrypted, whole)
+        source_info = ObjectInfo(self.key, self.bytes_written, info.etag, info.mtime, meta)
+        return await b._server_copy(b.bucket, b._full(self.key), source_info, b._sse(self.encrypted), self.key,
+                                    None, if_match=info.etag)
+
+    async def fail(self) -> None:
+        self._closed = True
+        with anyio.CancelScope(shield=True):
+            window, self._window = self._window, None
+            if window is not None:
+                with contextlib.suppress(BaseException):
+                    await window.__aexit__(TransferError, TransferError("writer failed"), None)
+            if self._upload is not None:
+                await self._upload.abort()
+            if self._reserved:
+                self._release(self._reserved)
+            self._buffer = bytearray()
+
+
+_OPTION_NAMES = ("endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
+                 "profile_name")
+
+
+def from_locator(locator: Locator, *, transfer: TransferConfig | None = None, sse_key: bytes | str | None = None,
+                 endpoint_url: str | None = None, region_name: str | None = None,
+                 aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
+                 aws_session_token: str | None = None, profile_name: str | None = None,
+                 **rest: Any) -> S3Backend:
+    """The S3 backend for an ``s3://bucket/prefix`` or ``aws:REGION:BUCKET`` locator (no I/O)."""
+    if rest:
+        raise JobStoreError(
+            f"unknown option(s) for the S3 backend: {', '.join(sorted(rest))}. Accepted: sse_key, "
+            f"{', '.join(_OPTION_NAMES)} and the transfer settings ({', '.join(TransferConfig.__dataclass_fields__)})")
+    return S3Backend(locator.bucket, locator.prefix, transfer=transfer, sse_key=sse_key, endpoint_url=endpoint_url,
+                     region_name=region_name or locator.region, aws_access_key_id=aws_access_key_id,
+                     aws_secret_access_key=aws_secret_access_key, aws_session_token=aws_session_token,
+                     profile_name=profile_name)
