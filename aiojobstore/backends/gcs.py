@@ -278,6 +278,17 @@ class GCSBackend(Backend):
     async def _auth_headers(self) -> dict[str, str]:
         if self.emulated:
             return {}
+        token = self._ensure_token()
+        try:
+            value = await token.get()
+        except Exception as error:
+            raise BackendUnavailableError(
+                f"cannot get a Google access token ({error}); check GOOGLE_APPLICATION_CREDENTIALS"
+            ) from error
+        return {"Authorization": f"Bearer {value}"}
+
+    def _ensure_token(self) -> Any:
+        """gcloud-aio-auth's Token for our credentials (reads the credentials file; no network)."""
         if self._token is None:
             try:
                 from gcloud.aio.auth import Token
@@ -288,13 +299,7 @@ class GCSBackend(Backend):
                     f"cannot load Google credentials ({error}); set GOOGLE_APPLICATION_CREDENTIALS to a service "
                     "account file, pass service_file=, or set STORAGE_EMULATOR_HOST for an emulator"
                 ) from error
-        try:
-            token = await self._token.get()
-        except Exception as error:
-            raise BackendUnavailableError(
-                f"cannot get a Google access token ({error}); check GOOGLE_APPLICATION_CREDENTIALS"
-            ) from error
-        return {"Authorization": f"Bearer {token}"}
+        return self._token
 
     def _key_headers(self, encrypted: bool, *, source: bool = False) -> dict[str, str]:
         if not encrypted:
@@ -434,23 +439,16 @@ class GCSBackend(Backend):
         length = len(data) if data is not None else file_range[2]  # type: ignore[index]
         headers = {"Content-Type": f"multipart/related; boundary={boundary}",
                    "Content-Length": str(len(head) + length + len(tail)), **self._key_headers(encrypted)}
-        sent = [0]
 
         def body() -> Any:
             if data is not None:
                 return head + data + tail
 
             async def stream() -> AsyncIterator[bytes]:
-                if progress is not None and sent[0]:  # a retry: take back what the failed attempt reported
-                    back, sent[0] = sent[0], 0
-                    await progress.rewind(back)
                 yield head
                 path, offset, size = file_range  # type: ignore[misc]
                 async for piece in iter_file_slices(path, offset, size, self.transfer.io_slice_size):
                     yield piece
-                    if progress is not None:
-                        sent[0] += len(piece)
-                        await progress.advance(len(piece))
                 yield tail
 
             return stream()
@@ -458,8 +456,8 @@ class GCSBackend(Backend):
         query = {"uploadType": "multipart", **(params or {})}
         _, resource_out, _ = await self._request("POST", self._upload_url(), what=f"upload {name}", key=key or name,
                                                  params=query, headers=headers, body=body)
-        if data is not None and progress is not None:
-            await progress.advance(len(data))
+        if progress is not None:  # reported per finished part: a retried part never counts twice
+            await progress.advance(length)
         return resource_out or {}
 
     async def _compose(self, name: str, sources: list[str], *, metadata: dict[str, str] | None, encrypted: bool,
@@ -540,10 +538,8 @@ class GCSBackend(Backend):
         bucket_created = False
         if status == 404:
             project = self.project or ("test" if self.emulated else None)
-            if project is None and self._token is None:
-                await self._auth_headers()
-            if project is None and self._token is not None:
-                project = await self._token.get_project()
+            if project is None:
+                project = await self._ensure_token().get_project()
             if not project:
                 raise JobStoreError(f"cannot create bucket {self.bucket!r} without a project: use the locator "
                                     f"google:PROJECT:{self.bucket} or pass project=")
@@ -706,7 +702,11 @@ class GCSBackend(Backend):
         errors: list[BaseException] = []
         slots = anyio.Semaphore(depth)
 
-        async with anyio.create_task_group() as group:
+        # The task group is entered and left by hand (as PartWindow does) so that an error raised by the code
+        # using the reader reaches it as itself, not wrapped in an ExceptionGroup.
+        group = anyio.create_task_group()
+        await group.__aenter__()
+        try:
             async def fetch(part: Part) -> None:
                 try:
                     results[part.number] = b"".join(await self._fetch_range(name, resource, part.offset, part.end))
@@ -744,9 +744,11 @@ class GCSBackend(Backend):
             try:
                 yield reader
             finally:
-                group.cancel_scope.cancel()
                 with anyio.CancelScope(shield=True):
                     await reader.aclose()
+        finally:
+            group.cancel_scope.cancel()
+            await group.__aexit__(None, None, None)
 
     async def download_file(self, key: str, path: str | PathLike[str], *,
                             progress: ProgressCallback | None = None) -> ObjectInfo:
@@ -963,8 +965,7 @@ class GCSBackend(Backend):
         if self.emulated:
             return f"{self.api_root}/download/storage/v1/b/{quote(self.bucket, safe='')}/o/{quote(name, safe='')}" \
                    "?alt=media"
-        await self._auth_headers()
-        if not (self._token.service_data or {}).get("private_key"):
+        if not (self._ensure_token().service_data or {}).get("private_key"):
             raise JobStoreError(
                 "cannot sign a URL: the Google credentials in use have no private key (signing needs a service "
                 "account key file in GOOGLE_APPLICATION_CREDENTIALS or service_file=)"

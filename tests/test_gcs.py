@@ -1,0 +1,457 @@
+"""GCS-specific promises, on a real gcp-storage-emulator started by tests/gcs_servers.py.
+
+The contract suite (tests/test_contract.py) covers the behaviour every backend shares; these tests cover what
+only GCS has: composed uploads, temporary parts, CRC32C checks against what GCS reports, generation preconditions
+(with the emulator fallback), CSEK, server-side copies.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from aiojobstore.backends.base import META_CRC32C
+from aiojobstore.backends.gcs import GCSBackend
+from aiojobstore.backends.memory import MemoryBackend
+from aiojobstore.errors import (
+    ConcurrentModificationError,
+    EncryptionKeyError,
+    IntegrityError,
+    JobStoreError,
+    NoSuchFileError,
+    TransferError,
+)
+from aiojobstore.locator import open_backend
+from aiojobstore.transfer import TransferConfig
+from tests.gcs_servers import create_bucket, http
+from tests.support import StoreTarget, free_port
+
+pytest_plugins = ["tests.gcs_servers"]
+
+PART = 64 * 1024
+SMALL_PARTS = {"part_size": PART, "min_part_size": 1, "max_concurrency": 4}
+KEY = b"k" * 32
+OTHER_KEY = b"o" * 32
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+def make_backend(target: StoreTarget, **options: object) -> GCSBackend:
+    config = {k: options.pop(k) for k in list(options) if k in TransferConfig.__dataclass_fields__}
+    backend = open_backend(target.locator, transfer=TransferConfig(**{**SMALL_PARTS, **config}),
+                           **{**target.options, **options})
+    assert isinstance(backend, GCSBackend)
+    return backend
+
+
+@pytest.fixture
+async def gcs(gcs_target: StoreTarget) -> AsyncIterator[GCSBackend]:
+    backend = make_backend(gcs_target)
+    await backend.create()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+def raw_names(backend: GCSBackend) -> list[str]:
+    """Every object name in the backend's bucket, straight from the emulator."""
+    url = f"{backend.api_root}/storage/v1/b/{backend.bucket}/o"
+    return sorted(item["name"] for item in json.loads(http("GET", url)).get("items") or [])
+
+
+def raw_upload(backend: GCSBackend, key: str, data: bytes, metadata: dict[str, str]) -> None:
+    """Replace an object's bytes behind the store's back, keeping the metadata the store recorded."""
+    boundary = "xx" + uuid.uuid4().hex
+    resource = json.dumps({"name": backend.root + key, "metadata": metadata})
+    body = (f"--{boundary}\r\nContent-Type: application/json\r\n\r\n{resource}\r\n--{boundary}\r\n"
+            "Content-Type: application/octet-stream\r\n\r\n").encode() + data + f"\r\n--{boundary}--\r\n".encode()
+    http("POST", f"{backend.api_root}/upload/storage/v1/b/{backend.bucket}/o?uploadType=multipart", body,
+         {"Content-Type": f"multipart/related; boundary={boundary}"})
+
+
+def only_user_objects(backend: GCSBackend) -> list[str]:
+    return [n for n in raw_names(backend) if not n.endswith(".ajs-container")]
+
+
+# ----------------------------------------------------------------------------------------- composed uploads
+
+
+@pytest.mark.parametrize("size", [0, 1, PART - 1, PART, PART + 1, 3 * PART + 7])
+async def test_upload_file_round_trips_md5_exact_at_part_boundaries(gcs: GCSBackend, tmp_path: Path,
+                                                                     size: int) -> None:
+    data = os.urandom(size)
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    info = await gcs.upload_file(src, "f", metadata={"who": "me"})
+    assert info.size == size
+    await gcs.download_file("f", tmp_path / "dst")
+    assert md5((tmp_path / "dst").read_bytes()) == md5(data)
+    assert md5(await gcs.get_bytes("f")) == md5(data)
+    stat = await gcs.stat("f")
+    assert stat is not None and stat.metadata["who"] == "me"
+    assert only_user_objects(gcs) == [gcs.root + "f"]  # no temporary parts left
+
+
+@pytest.mark.parametrize("size", [0, 1, PART - 1, PART, PART + 1, 3 * PART + 7])
+async def test_write_stream_round_trips_md5_exact_at_part_boundaries(gcs: GCSBackend, size: int) -> None:
+    data = os.urandom(size)
+    async with gcs.open_writer("s", metadata={"a": "b"}) as writer:
+        for offset in range(0, size, 10_000):
+            await writer.write(data[offset:offset + 10_000])
+    assert writer.bytes_written == size
+    assert md5(await gcs.get_bytes("s")) == md5(data)
+    async with gcs.open_reader("s") as reader:
+        assert md5(await reader.read()) == md5(data)
+    assert (await gcs.stat("s")).metadata["a"] == "b"
+    assert only_user_objects(gcs) == [gcs.root + "s"]
+
+
+async def test_more_than_32_parts_compose_as_a_tree(gcs: GCSBackend, tmp_path: Path) -> None:
+    data = os.urandom(70 * PART + 123)  # 71 parts: 3 intermediate composes, then one final compose
+    src = tmp_path / "src"
+    src.write_bytes(data)
+    await gcs.upload_file(src, "tree")
+    async with gcs.open_writer("tree-stream") as writer:
+        await writer.write(data)
+    for key in ("tree", "tree-stream"):
+        assert md5(await gcs.get_bytes(key)) == md5(data)
+        assert META_CRC32C in (await gcs.stat(key)).metadata
+    await gcs.download_file("tree", tmp_path / "dst")
+    assert md5((tmp_path / "dst").read_bytes()) == md5(data)
+    assert only_user_objects(gcs) == sorted([gcs.root + "tree", gcs.root + "tree-stream"])
+
+
+async def test_write_stream_memory_stays_bounded(gcs_target: StoreTarget) -> None:
+    backend = make_backend(gcs_target, max_memory=4 * PART, max_concurrency=2)
+    try:
+        await backend.create()
+        data = os.urandom(20 * PART)
+        async with backend.open_writer("bounded") as writer:
+            for offset in range(0, len(data), PART // 3):
+                await writer.write(data[offset:offset + PART // 3])
+        assert backend.limits.memory.peak <= 4 * PART
+        assert backend.limits.memory.in_use == 0
+        assert await backend.get_bytes("bounded") == data
+    finally:
+        await backend.close()
+
+
+# ------------------------------------------------------------------------------------ nothing left behind
+
+
+async def test_failed_write_stream_leaves_no_object_and_no_temporary_parts(gcs: GCSBackend) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        async with gcs.open_writer("broken") as writer:
+            await writer.write(os.urandom(5 * PART + 10))
+            raise RuntimeError("boom")
+    assert await gcs.stat("broken") is None
+    assert only_user_objects(gcs) == []
+    assert gcs.limits.memory.in_use == 0
+
+
+async def test_cancelled_write_stream_leaves_no_object_and_no_temporary_parts(gcs: GCSBackend) -> None:
+    written = anyio.Event()
+
+    async def write_forever() -> None:
+        async with gcs.open_writer("cancelled") as writer:
+            for _ in range(6):
+                await writer.write(os.urandom(PART))
+            written.set()
+            await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(write_forever)
+        await written.wait()
+        group.cancel_scope.cancel()
+    assert await gcs.stat("cancelled") is None
+    assert only_user_objects(gcs) == []
+
+
+async def test_write_stream_cancelled_while_parts_upload_leaves_nothing(gcs: GCSBackend) -> None:
+    with anyio.move_on_after(0.05):
+        async with gcs.open_writer("racing") as writer:
+            for _ in range(200):
+                await writer.write(os.urandom(PART))
+    assert await gcs.stat("racing") is None
+    assert only_user_objects(gcs) == []
+
+
+async def test_failed_upload_file_leaves_no_temporary_parts(gcs: GCSBackend, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.write_bytes(os.urandom(6 * PART))
+
+    calls = 0
+
+    async def progress(done: int, total: int | None) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 4:
+            raise RuntimeError("progress callback failed")
+
+    with pytest.raises(RuntimeError, match="progress callback failed"):
+        await gcs.upload_file(src, "half", progress=progress)
+    assert await gcs.stat("half") is None
+    assert only_user_objects(gcs) == []
+
+
+# ---------------------------------------------------------------------------------------------- integrity
+
+
+async def test_corruption_behind_the_stores_back_is_caught(gcs: GCSBackend, tmp_path: Path) -> None:
+    data = os.urandom(4 * PART)
+    async with gcs.open_writer("victim") as writer:
+        await writer.write(data)
+    info = await gcs.stat("victim")
+    corrupt = bytearray(data)
+    corrupt[1000] ^= 0xFF
+    raw_upload(gcs, "victim", bytes(corrupt), info.metadata)  # GCS's own CRC now matches the corrupt bytes
+    with pytest.raises(IntegrityError):
+        await gcs.get_bytes("victim")
+    with pytest.raises(IntegrityError):
+        await gcs.download_file("victim", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert [p for p in tmp_path.iterdir()] == []  # no temporary download file either
+    with pytest.raises(IntegrityError):
+        async with gcs.open_reader("victim") as reader:
+            await reader.read()
+    assert await gcs.get_bytes("victim", start=0, end=10) == bytes(corrupt[:10])  # partial reads cannot tell
+
+
+# --------------------------------------------------------------------------------------------- preconditions
+
+
+async def test_if_absent_lets_exactly_one_concurrent_writer_win(gcs: GCSBackend) -> None:
+    results: list[str] = []
+
+    async def attempt(i: int) -> None:
+        try:
+            await gcs.put_bytes("once", f"writer {i}".encode(), if_absent=True)
+            results.append("won")
+        except ConcurrentModificationError:
+            results.append("lost")
+
+    async with anyio.create_task_group() as group:
+        for i in range(8):
+            group.start_soon(attempt, i)
+    assert sorted(results) == ["lost"] * 7 + ["won"]
+
+
+async def test_if_match_rejects_a_stale_generation(gcs: GCSBackend) -> None:
+    first = await gcs.put_bytes("job", b"v1")
+    second = await gcs.put_bytes("job", b"v2", if_match=first.etag)
+    assert second.etag != first.etag
+    with pytest.raises(ConcurrentModificationError):
+        await gcs.put_bytes("job", b"v3", if_match=first.etag)
+    with pytest.raises(ConcurrentModificationError):
+        await gcs.put_bytes("missing", b"x", if_match=first.etag)
+    assert await gcs.get_bytes("job") == b"v2"
+
+
+async def test_write_stream_if_absent_fails_when_the_key_exists(gcs: GCSBackend) -> None:
+    await gcs.put_bytes("taken", b"first")
+    with pytest.raises(ConcurrentModificationError):
+        async with gcs.open_writer("taken", if_absent=True) as writer:
+            await writer.write(os.urandom(3 * PART))
+    assert await gcs.get_bytes("taken") == b"first"
+    assert only_user_objects(gcs) == [gcs.root + "taken"]
+
+
+@pytest.mark.skipif(not (os.environ.get("GOOGLE_APPLICATION_CREDENTIALS") and os.environ.get("AJS_GCS_TEST_BUCKET")),
+                    reason="real GCS preconditions need GOOGLE_APPLICATION_CREDENTIALS and AJS_GCS_TEST_BUCKET "
+                           "(an existing bucket the credentials may write to); the emulator ignores preconditions")
+async def test_real_gcs_generation_preconditions() -> None:
+    locator = f"gs://{os.environ['AJS_GCS_TEST_BUCKET']}/aiojobstore-test-{uuid.uuid4().hex[:8]}"
+    backend = open_backend(locator, emulator_host=None)
+    assert isinstance(backend, GCSBackend)
+    backend.emulated = False  # make sure the real precondition, not the fallback, is what is tested
+    backend.api_root = "https://storage.googleapis.com"
+    try:
+        first = await backend.put_bytes("x", b"1", if_absent=True)
+        with pytest.raises(ConcurrentModificationError):
+            await backend.put_bytes("x", b"2", if_absent=True)
+        second = await backend.put_bytes("x", b"3", if_match=first.etag)
+        with pytest.raises(ConcurrentModificationError):
+            await backend.put_bytes("x", b"4", if_match=first.etag)
+        assert await backend.get_bytes("x") == b"3" and second.etag != first.etag
+    finally:
+        await backend.destroy()
+        await backend.close()
+
+
+# ----------------------------------------------------------------------------------------------- encryption
+
+
+async def test_encrypted_objects_need_the_right_key(gcs_target: StoreTarget) -> None:
+    writer_store = make_backend(gcs_target, sse_key=KEY)
+    no_key = make_backend(gcs_target)
+    wrong_key = make_backend(gcs_target, sse_key=OTHER_KEY)
+    try:
+        await writer_store.create()
+        await writer_store.put_bytes("secret", b"s3cr3t", encrypted=True)
+        async with writer_store.open_writer("secret-big", encrypted=True) as writer:
+            await writer.write(os.urandom(3 * PART))
+        assert await writer_store.get_bytes("secret") == b"s3cr3t"
+        for key in ("secret", "secret-big"):
+            for other in (no_key, wrong_key):
+                with pytest.raises(EncryptionKeyError):
+                    await other.get_bytes(key)
+                with pytest.raises(EncryptionKeyError):
+                    async with other.open_reader(key) as reader:
+                        await reader.read()
+        with pytest.raises(EncryptionKeyError):
+            await no_key.put_bytes("x", b"1", encrypted=True)
+    finally:
+        for backend in (writer_store, no_key, wrong_key):
+            await backend.close()
+
+
+# ------------------------------------------------------------------------------------------ reads and copies
+
+
+async def test_reader_reads_ahead_and_starts_at_any_offset(gcs_target: StoreTarget) -> None:
+    backend = make_backend(gcs_target, part_size=1 << 20)  # read-ahead chunks of 1 MiB
+    try:
+        await backend.create()
+        data = os.urandom(5 * (1 << 20) + 17)
+        await backend.put_bytes("r", data)
+        for start, end in ((0, None), (1, None), ((1 << 20) + 5, 3 * (1 << 20)), (len(data), None), (7, 7)):
+            async with backend.open_reader("r", start=start, end=end) as reader:
+                assert await reader.read() == data[start:end]
+        async with backend.open_reader("r") as reader:  # a reader closed early cancels its read-ahead
+            assert await reader.read(10) == data[:10]
+    finally:
+        await backend.close()
+
+
+async def test_missing_objects_raise_no_such_file(gcs: GCSBackend, tmp_path: Path) -> None:
+    with pytest.raises(NoSuchFileError):
+        await gcs.get_bytes("nope")
+    with pytest.raises(NoSuchFileError):
+        await gcs.download_file("nope", tmp_path / "x")
+    with pytest.raises(NoSuchFileError):
+        async with gcs.open_reader("nope"):
+            pass
+    with pytest.raises(NoSuchFileError):
+        await gcs.copy("nope", "dst")
+    assert await gcs.stat("nope") is None
+    await gcs.delete("nope")
+
+
+async def test_copy_is_server_side_and_merges_metadata(gcs: GCSBackend) -> None:
+    await gcs.put_bytes("src", b"payload", metadata={"a": "1", "b": "2"})
+    copied = await gcs.copy("src", "dst", metadata={"b": "3"})
+    assert copied.metadata == {"a": "1", "b": "3"}
+    assert await gcs.get_bytes("dst") == b"payload"
+    assert (await gcs.stat("dst")).metadata == {"a": "1", "b": "3"}
+    plain = await gcs.copy("src", "dst2")
+    assert plain.metadata == {"a": "1", "b": "2"}
+
+
+async def test_copy_from_another_gcs_store_is_server_side(gcs: GCSBackend, gcs_emulator: str) -> None:
+    other_bucket = f"ajs-other-{uuid.uuid4().hex[:8]}"
+    create_bucket(gcs_emulator, other_bucket)
+    source = open_backend(f"gs://{other_bucket}/elsewhere", emulator_host=gcs_emulator)
+    try:
+        await source.put_bytes("in", b"across buckets", metadata={"m": "v"})
+        info = await gcs.copy_from(source, "in", "out")
+        assert info is not None and info.metadata == {"m": "v"}
+        assert await gcs.get_bytes("out") == b"across buckets"
+        assert await gcs.copy_from(MemoryBackend("gcs-copy-from-test"), "in", "out2") is None
+    finally:
+        await source.close()
+
+
+async def test_presign_on_the_emulator_gives_a_readable_url(gcs: GCSBackend) -> None:
+    await gcs.put_bytes("shared", b"public bytes")
+    url = await gcs.presign("shared")
+    assert await anyio.to_thread.run_sync(lambda: urllib.request.urlopen(url, timeout=10).read()) == b"public bytes"
+
+
+async def test_presign_without_a_private_key_says_why(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    creds = tmp_path / "user.json"
+    creds.write_text(json.dumps({"type": "authorized_user", "client_id": "x", "client_secret": "y",
+                                 "refresh_token": "z"}))
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
+    backend = open_backend("gs://some-bucket/p", service_file=str(creds))
+    try:
+        with pytest.raises(JobStoreError, match="private key"):
+            await backend.presign("k")
+    finally:
+        await backend.close()
+
+
+# -------------------------------------------------------------------------------------------- the container
+
+
+async def test_destroy_deletes_a_bucket_the_store_created_and_is_idempotent(gcs_emulator: str) -> None:
+    bucket = f"ajs-own-{uuid.uuid4().hex[:8]}"
+    backend = open_backend(f"gs://{bucket}", emulator_host=gcs_emulator)
+    try:
+        assert not await backend.exists()
+        assert await backend.create() is True
+        assert await backend.create() is False
+        assert await backend.exists()
+        await backend.put_bytes("a/b", b"1")
+        await backend.destroy()
+        assert not await backend.exists()
+        buckets = json.loads(http("GET", f"{gcs_emulator}/storage/v1/b?project=test")).get("items") or []
+        assert bucket not in [b["name"] for b in buckets]
+        await backend.destroy()
+    finally:
+        await backend.close()
+
+
+async def test_destroy_keeps_a_bucket_it_did_not_create_and_other_prefixes(gcs: GCSBackend,
+                                                                          gcs_emulator: str) -> None:
+    neighbour = open_backend(f"gs://{gcs.bucket}/neighbour", emulator_host=gcs_emulator)
+    try:
+        await neighbour.put_bytes("keep", b"1")
+        await gcs.put_bytes("go", b"1")
+        await gcs.destroy()
+        assert not await gcs.exists()
+        assert await neighbour.get_bytes("keep") == b"1"
+        assert raw_names(gcs) == ["neighbour/keep"]
+        await gcs.destroy()
+    finally:
+        await neighbour.close()
+
+
+async def test_list_hides_internal_objects(gcs: GCSBackend) -> None:
+    await gcs.put_bytes("x/1", b"1")
+    await gcs.put_bytes("x/2", b"2")
+    await gcs.put_bytes("y", b"3")
+    assert sorted(i.key for i in [i async for i in gcs.list()]) == ["x/1", "x/2", "y"]
+    assert sorted(i.key for i in [i async for i in gcs.list("x/")]) == ["x/1", "x/2"]
+
+
+async def test_constructor_does_no_io_and_unreachable_endpoint_is_a_transfer_error() -> None:
+    port = free_port()
+    backend = open_backend("gs://nobody-home/p", emulator_host=f"127.0.0.1:{port}", max_attempts=2,
+                           backoff_base=0.01)
+    try:
+        with pytest.raises(TransferError, match="reachable"):
+            await backend.put_bytes("k", b"1")
+    finally:
+        await backend.close()
+
+
+def test_encryption_headers_are_customer_supplied_key_headers(gcs_target: StoreTarget) -> None:
+    backend = make_backend(gcs_target, sse_key=KEY)
+    headers = backend._key_headers(True)
+    assert headers["x-goog-encryption-algorithm"] == "AES256"
+    assert base64.b64decode(headers["x-goog-encryption-key"]) == KEY
+    assert base64.b64decode(headers["x-goog-encryption-key-sha256"]) == hashlib.sha256(KEY).digest()
+    assert urllib.parse.quote("a/b", safe="") in backend._object_url("a/b")
