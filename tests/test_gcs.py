@@ -36,8 +36,6 @@ from aiojobstore.transfer import TransferConfig
 from tests.gcs_servers import create_bucket, http
 from tests.support import StoreTarget, free_port
 
-pytest_plugins = ["tests.gcs_servers"]
-
 PART = 64 * 1024
 SMALL_PARTS = {"part_size": PART, "min_part_size": 1, "max_concurrency": 4}
 KEY = b"k" * 32
