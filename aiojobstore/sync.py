@@ -9,6 +9,7 @@ deadlocking. Streams are ordinary buffered binary (or text) file objects.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import functools
 import io
 import os
@@ -37,9 +38,12 @@ class _LoopThread:
         self._portal: BlockingPortal | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pid = -1
+        self._stopped_pid = -1
         self._thread: threading.Thread | None = None
 
     def portal(self) -> BlockingPortal:
+        if self._stopped_pid == os.getpid():
+            raise JobStoreError("aiojobstore.sync: the interpreter is shutting down; the blocking facade is closed")
         if self._portal is not None and self._pid == os.getpid():
             return self._portal
         with self._lock:
@@ -72,6 +76,18 @@ class _LoopThread:
             raise JobStoreError(f"could not start the aiojobstore event-loop thread: {box['error']!r}")
         self._thread, self._portal, self._loop = thread, box["portal"], box["loop"]
         self._pid = os.getpid()
+        atexit.register(self._stop_at_exit, self._pid)
+
+    def _stop_at_exit(self, pid: int) -> None:
+        """Cancel what still runs on the loop (open streams abort, leaving nothing) while the loop thread is
+        alive; afterwards every call fails at once instead of waiting for a thread that no longer runs."""
+        if pid != os.getpid() or self._portal is None:
+            return
+        portal, self._stopped_pid = self._portal, pid
+        try:
+            portal.start_task_soon(portal.stop, True).result(timeout=30)
+        except Exception:  # already stopped, or too slow: the daemon thread dies with the process
+            pass
 
     def call(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(*args)`` (a coroutine function) as a task on the loop and block until it is done.

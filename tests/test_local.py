@@ -1,0 +1,113 @@
+"""What only the local backend does: files on disk, xattr metadata, flock'd conditional writes, key safety."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+import anyio
+import pytest
+
+from aiojobstore import ConcurrentModificationError, InvalidKeyError, NoSuchFileError
+from aiojobstore.backends.local import LocalBackend
+
+
+@pytest.fixture
+async def backend(tmp_path):
+    local = LocalBackend(tmp_path / "root")
+    await local.create()
+    yield local
+    await local.close()
+
+
+@pytest.mark.parametrize("key", ["../outside", "a/../../outside", "/etc/passwd", "a//b", "./a", "a\\..\\b",
+                                 ".ajs-tmp-x", "a/.ajs-locks/0", ""])
+async def test_keys_that_could_escape_or_clash_are_refused(backend, tmp_path, key):
+    with pytest.raises(InvalidKeyError):
+        await backend.put_bytes(key, b"x")
+    with pytest.raises(InvalidKeyError):
+        await backend.get_bytes(key)
+    assert not (tmp_path / "outside").exists()
+
+
+async def test_metadata_and_data_are_committed_together(backend):
+    info = await backend.put_bytes("a/b/c", b"data", metadata={"executable": "1", "note": "ü"})
+    stat = await backend.stat("a/b/c")
+    assert stat.metadata == {"executable": "1", "note": "ü"} and stat.etag == info.etag and stat.size == 4
+    listed = [i async for i in backend.list("a/")]
+    assert [i.key for i in listed] == ["a/b/c"] and listed[0].metadata["note"] == "ü"
+
+
+async def test_if_match_refuses_stale_etag_and_if_absent_refuses_existing(backend):
+    first = await backend.put_bytes("k", b"1")
+    second = await backend.put_bytes("k", b"2", if_match=first.etag)
+    with pytest.raises(ConcurrentModificationError):
+        await backend.put_bytes("k", b"3", if_match=first.etag)
+    with pytest.raises(ConcurrentModificationError):
+        await backend.put_bytes("k", b"4", if_absent=True)
+    assert await backend.get_bytes("k") == b"2" and second.etag != first.etag
+    with pytest.raises(ConcurrentModificationError):
+        await backend.put_bytes("gone", b"x", if_match=first.etag)
+    assert not [name for name in os.listdir(backend.root) if name.startswith(".ajs-tmp-")]
+
+
+def _race_update(root: str, etag: str, value: bytes, results) -> None:
+    async def main() -> None:
+        local = LocalBackend(root)
+        try:
+            await local.put_bytes("job", value, if_match=etag)
+            results.put("won")
+        except ConcurrentModificationError:
+            results.put("lost")
+
+    anyio.run(main)
+
+
+async def test_conditional_replace_is_atomic_across_processes(backend):
+    base = await backend.put_bytes("job", b"v0")
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    workers = [context.Process(target=_race_update, args=(backend.root, base.etag, f"v{i}".encode(), results))
+               for i in range(1, 7)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        await anyio.to_thread.run_sync(worker.join, 60)
+    outcomes = sorted(results.get(timeout=10) for _ in workers)
+    assert outcomes == ["lost"] * 5 + ["won"]
+
+
+async def test_delete_removes_empty_directories_but_not_the_root(backend):
+    await backend.put_bytes("x/y/z", b"1")
+    await backend.delete("x/y/z")
+    assert os.listdir(backend.root) == [] or os.listdir(backend.root) == [".ajs-locks"]
+    await backend.delete("x/y/z")
+    with pytest.raises(NoSuchFileError):
+        await backend.get_bytes("x/y/z")
+
+
+async def test_upload_and_download_use_parallel_parts(tmp_path):
+    local = LocalBackend(tmp_path / "r", transfer=None)
+    await local.create()
+    data = os.urandom(12 * 2**20 + 3)
+    (tmp_path / "in").write_bytes(data)
+    progress: list[int] = []
+    from aiojobstore.transfer import TransferConfig
+
+    local = LocalBackend(tmp_path / "r", transfer=TransferConfig(part_size=5 * 2**20))
+    info = await local.upload_file(tmp_path / "in", "big", progress=lambda done, total: progress.append(done))
+    assert info.size == len(data) and progress[-1] == len(data) and len(progress) == 3
+    await local.download_file("big", tmp_path / "out")
+    assert (tmp_path / "out").read_bytes() == data
+
+
+async def test_store_files_are_spread_over_subdirectories(tmp_path):
+    from aiojobstore import open_store
+
+    async with open_store(f"file:{tmp_path}/s") as store:
+        await store.initialize()
+        for _ in range(300):
+            await store.get_empty_file_store_id()
+    shard_root = tmp_path / "s" / "files" / "n"
+    assert len(os.listdir(shard_root)) > 100
+    assert max(len(os.listdir(shard_root / d)) for d in os.listdir(shard_root)) < 20

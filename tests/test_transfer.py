@@ -1,0 +1,179 @@
+"""The transfer engine: part planning, the sliding window, retries, progress, checksums."""
+
+from __future__ import annotations
+
+import itertools
+import os
+
+import anyio
+import anyio.lowlevel
+import crc32c as reference_crc32c
+import pytest
+
+from aiojobstore.transfer import (
+    MiB,
+    Part,
+    PartWindow,
+    Progress,
+    RetryPolicy,
+    combine_part_crcs,
+    crc32c_combine,
+    file_range_crc32c,
+    plan_parts,
+    run_parts,
+    with_retries,
+)
+
+
+def test_plan_parts_covers_every_byte_once():
+    for size in (0, 1, 5 * MiB - 1, 5 * MiB, 5 * MiB + 1, int(12.3 * MiB)):
+        parts = plan_parts(size, 5 * MiB)
+        assert sum(p.length for p in parts) == size
+        assert all(a.end == b.offset for a, b in itertools.pairwise(parts))
+        assert [p.number for p in parts] == list(range(1, len(parts) + 1))
+
+
+def test_default_part_size_gives_three_parts_for_120_mib():
+    parts = plan_parts(120 * MiB)
+    assert [p.length for p in parts] == [50 * MiB, 50 * MiB, 20 * MiB]
+
+
+def test_part_size_grows_past_ten_thousand_parts_and_never_shrinks_below_minimum():
+    size = 10_000 * 50 * MiB + 1
+    parts = plan_parts(size)
+    assert len(parts) <= 10_000 and parts[0].length > 50 * MiB and parts[0].length % MiB == 0
+    assert plan_parts(100 * MiB, part_size=1024)[0].length == 5 * MiB
+
+
+def test_crc32c_combine_matches_whole_crc():
+    data = os.urandom(300_000)
+    pieces = [data[:1], data[1:100_000], data[100_000:]]
+    combined = combine_part_crcs((reference_crc32c.crc32c(p), len(p)) for p in pieces)
+    assert combined == reference_crc32c.crc32c(data)
+    assert crc32c_combine(123, 0, 0) == 123
+
+
+def test_file_range_crc32c(tmp_path):
+    data = os.urandom(1_000_000)
+    (tmp_path / "f").write_bytes(data)
+    assert file_range_crc32c(tmp_path / "f", 1000, 500_000, slice_size=4096) == reference_crc32c.crc32c(
+        data[1000:501_000])
+
+
+async def test_sliding_window_keeps_max_concurrency_in_flight_and_starts_next_at_once():
+    in_flight = 0
+    peak = 0
+    started: list[int] = []
+    release = {n: anyio.Event() for n in range(1, 11)}
+
+    async def job(part: Part) -> int:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        started.append(part.number)
+        await release[part.number].wait()
+        in_flight -= 1
+        return part.number * 10
+
+    async def releaser() -> None:
+        await wait_until(lambda: len(started) == 3)
+        release[2].set()  # not the first: a wave would wait for part 1
+        await wait_until(lambda: len(started) == 4)
+        assert started[-1] == 4
+        for n in range(1, 11):
+            release[n].set()
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(releaser)
+        results = await run_parts([Part(n, 0, 1) for n in range(1, 11)], job, max_concurrency=3)
+    assert peak == 3
+    assert results == [n * 10 for n in range(1, 11)]
+
+
+async def wait_until(condition) -> None:
+    with anyio.fail_after(10):
+        while not condition():
+            await anyio.sleep(0.001)
+
+
+async def test_first_failure_cancels_running_parts_and_is_raised():
+    cancelled: list[int] = []
+
+    async def job(part: Part) -> None:
+        if part.number == 2:
+            raise ValueError("part 2 broke")
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            cancelled.append(part.number)
+            raise
+
+    with anyio.fail_after(10), pytest.raises(ValueError, match="part 2"):
+        await run_parts([Part(n, 0, 1) for n in range(1, 6)], job, max_concurrency=3)
+    assert cancelled and 2 not in cancelled
+
+
+async def test_window_host_exception_cancels_jobs():
+    cancelled = anyio.Event()
+
+    async def job() -> None:
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            cancelled.set()
+            raise
+
+    with pytest.raises(KeyError):
+        async with PartWindow(2) as window:
+            await window.submit(job)
+            await anyio.lowlevel.checkpoint()
+            raise KeyError("host failed")
+    assert cancelled.is_set()
+
+
+async def test_retries_retryable_errors_with_backoff_and_not_others():
+    sleeps: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    policy = RetryPolicy(max_attempts=4, backoff_base=0.5, backoff_max=1.0, sleep=fake_sleep)
+    attempts = 0
+
+    async def flaky() -> str:
+        nonlocal attempts
+        attempts += 1
+        if attempts < 3:
+            raise ConnectionResetError("reset")
+        return "ok"
+
+    assert await with_retries(flaky, policy=policy, is_retryable=lambda e: isinstance(e, OSError)) == "ok"
+    assert attempts == 3 and len(sleeps) == 2 and all(0 <= s <= 1.0 for s in sleeps)
+
+    async def bad_input() -> None:
+        raise ValueError("your fault")
+
+    with pytest.raises(ValueError):
+        await with_retries(bad_input, policy=policy, is_retryable=lambda e: isinstance(e, OSError))
+    assert len(sleeps) == 2
+
+    async def always_down() -> None:
+        raise ConnectionResetError("down")
+
+    with pytest.raises(ConnectionResetError):
+        await with_retries(always_down, policy=policy, is_retryable=lambda e: True)
+    assert len(sleeps) == 2 + 3
+
+
+async def test_progress_calls_sync_and_async_callbacks():
+    seen: list[tuple[int, int | None]] = []
+
+    async def async_callback(done: int, total: int | None) -> None:
+        seen.append((done, total))
+
+    progress = Progress(async_callback, 10)
+    await progress.advance(4)
+    await progress.advance(6)
+    sync_seen: list[int] = []
+    await Progress(lambda done, total: sync_seen.append(done), None).advance(3)
+    assert seen == [(4, 10), (10, 10)] and sync_seen == [3]
