@@ -40,6 +40,7 @@ GiB = 1 << 30
 DEFAULT_TOTAL_SIZE = 2 * GiB
 DEFAULT_SHARDS = 16
 DEFAULT_CHUNK_SIZE = 4 * MiB
+DEFAULT_PARALLEL = 8
 
 #: The transform stage's byte mapping (b -> b + 1 mod 256) and its inverse, for the merge stage's check.
 FORWARD = bytes((i + 1) % 256 for i in range(256))
@@ -54,6 +55,7 @@ class DemoConfig:
     total_size: int = DEFAULT_TOTAL_SIZE
     shards: int = DEFAULT_SHARDS
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    parallel: int = DEFAULT_PARALLEL
     seed: int = 0
     keep: bool = False
     progress: bool | None = None  # None: a progress bar when stderr is a terminal
@@ -94,36 +96,40 @@ class DemoResult:
 # ------------------------------------------------------------------------------------ work done in threads
 
 
-def _base_block(seed: int, shard: int, size: int) -> bytes:
-    return random.Random(seed * 1_000_003 + shard).randbytes(size)
+def _base_block(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
 
 
-def _chunk(base: bytes, index: int, length: int) -> bytes:
-    """Chunk ``index`` of a shard: its random base block rotated by an index-dependent offset (memcpy speed,
-    deterministic, and different for every chunk)."""
-    offset = (index * 2_654_435_761) % len(base)
-    rotated = base[offset:] + base[:offset]
-    while len(rotated) < length:  # only when chunk_size > the base block, which _chunks() never asks for
-        rotated += rotated
-    return rotated[:length]
+def _chunk(base: bytes, shard: int, index: int, length: int) -> bytearray:
+    """Chunk ``index`` of shard ``shard``: the run's random base block rotated by an offset that depends on both
+    (memcpy speed, deterministic, different for every chunk), in one allocation."""
+    view = memoryview(base)
+    offset = (shard * 1_000_003 + index * 2_654_435_761) % len(base)
+    out = bytearray(length)
+    filled = 0
+    while filled < length:
+        piece = view[offset : offset + length - filled]
+        out[filled : filled + len(piece)] = piece
+        filled += len(piece)
+        offset = 0
+    return out
 
 
 def _chunks(size: int, chunk_size: int) -> list[int]:
     return [min(chunk_size, size - offset) for offset in range(0, size, chunk_size)]
 
 
-def _generate_chunk(base: bytes, index: int, length: int, crc: int) -> tuple[bytes, int]:
-    data = _chunk(base, index, length)
+def _generate_chunk(base: bytes, shard: int, index: int, length: int, crc: int) -> tuple[bytearray, int]:
+    data = _chunk(base, shard, index, length)
     return data, crc32c(data, crc)
 
 
-def _generate_to_file(path: str, seed: int, shard: int, size: int, chunk_size: int) -> int:
+def _generate_to_file(path: str, base: bytes, shard: int, size: int, chunk_size: int) -> int:
     """Write a generated shard to a local file; return its CRC32C."""
-    base = _base_block(seed, shard, chunk_size)
     crc = 0
     with open(path, "wb") as out:
         for index, length in enumerate(_chunks(size, chunk_size)):
-            data = _chunk(base, index, length)
+            data = _chunk(base, shard, index, length)
             crc = crc32c(data, crc)
             out.write(data)
     return crc
@@ -203,6 +209,9 @@ class _Pipeline:
         self.done: dict[str, anyio.Event] = {}
         self.stage_seconds: dict[str, float] = {}
         self.files_written = 0
+        self.slots = anyio.Semaphore(config.parallel)
+        self.base: bytes | None = None
+        self.base_lock = anyio.Lock()
 
     # --------------------------------------------------------------------------- bookkeeping in the store
 
@@ -225,6 +234,13 @@ class _Pipeline:
             raise JobStoreError(f"job {job.name} ({job_id}) was expected to be done but is {job.data.get('state')}")
         return job.data["outputs"]
 
+    async def base_block(self) -> bytes:
+        """The run's random block that generated data is cut from (made once, in a thread)."""
+        async with self.base_lock:
+            if self.base is None:
+                self.base = await anyio.to_thread.run_sync(_base_block, self.config.seed, self.config.chunk_size)
+        return self.base
+
     def scratch_path(self, job: Job, name: str) -> str:
         directory = os.path.join(self.scratch, job.id or "job")
         os.makedirs(directory, exist_ok=True)
@@ -236,18 +252,18 @@ class _Pipeline:
         shard, size = job.data["shard"], job.data["size"]
         name = f"shard-{shard:03d}.raw"
         chunk_size = self.config.chunk_size
+        base = await self.base_block()
         if shard % 2 == 0:  # streamed straight into the store
-            base = await anyio.to_thread.run_sync(_base_block, self.config.seed, shard, chunk_size)
             crc = 0
             async with self.store.write_file_stream(job.id, cleanup=True, basename=name) as (writer, file_id):
                 for index, length in enumerate(_chunks(size, chunk_size)):
-                    data, crc = await anyio.to_thread.run_sync(_generate_chunk, base, index, length, crc)
+                    data, crc = await anyio.to_thread.run_sync(_generate_chunk, base, shard, index, length, crc)
                     await writer.write(data)
                     self.meter.add(length, written=True)
             via = "write_file_stream"
         else:  # generated into a local file, then write_file
             path = self.scratch_path(job, name)
-            crc = await anyio.to_thread.run_sync(_generate_to_file, path, self.config.seed, shard, size, chunk_size)
+            crc = await anyio.to_thread.run_sync(_generate_to_file, path, base, shard, size, chunk_size)
             file_id = await self.store.write_file(path, job.id, cleanup=True,
                                                   progress=self.meter.callback(written=True))
             await anyio.to_thread.run_sync(os.remove, path)
@@ -300,7 +316,7 @@ class _Pipeline:
         )
 
     async def merge(self, job: Job) -> None:
-        limiter = anyio.Semaphore(self.config.shards)
+        limiter = anyio.Semaphore(self.config.parallel)
         checked: list[dict[str, Any]] = []
 
         async def check(transform_id: str) -> None:
@@ -358,11 +374,12 @@ class _Pipeline:
     async def run_job(self, job: Job) -> None:
         for need in job.data["needs"]:
             await self.done[need].wait()
-        started = time.perf_counter()
-        job = await self.start_job(job.id)  # type: ignore[arg-type]
-        stage = job.data["stage"]
-        await getattr(self, stage)(job)
-        elapsed = time.perf_counter() - started
+        async with self.slots:
+            started = time.perf_counter()
+            job = await self.start_job(job.id)  # type: ignore[arg-type]
+            stage = job.data["stage"]
+            await getattr(self, stage)(job)
+            elapsed = time.perf_counter() - started
         self.stage_seconds[stage] = max(self.stage_seconds.get(stage, 0.0), elapsed)
         self.done[job.id].set()  # type: ignore[index]
 
@@ -388,6 +405,8 @@ async def run_demo(config: DemoConfig) -> DemoResult:
     """Run the demo pipeline and return its figures. Raises :class:`IntegrityError` if any check fails."""
     if config.shards < 1:
         raise JobStoreError("the demo needs at least one shard")
+    if config.parallel < 1:
+        raise JobStoreError("--parallel must be at least 1")
     if config.chunk_size < 1:
         raise JobStoreError("the demo's chunk size must be at least one byte")
     if config.total_size < 2 * config.shards:
@@ -455,7 +474,9 @@ def add_arguments(parser: argparse.ArgumentParser, parse_size: Callable[[str], i
     parser.add_argument("--total-size", "--size", type=parse_size, default=DEFAULT_TOTAL_SIZE, metavar="SIZE",
                         help="bytes of intermediate files to write in all, e.g. 64MiB (default: 2GiB)")
     parser.add_argument("--shards", type=int, default=DEFAULT_SHARDS,
-                        help=f"generate/transform job pairs, all running at once (default: {DEFAULT_SHARDS})")
+                        help=f"generate/transform job pairs (default: {DEFAULT_SHARDS})")
+    parser.add_argument("--parallel", type=int, default=DEFAULT_PARALLEL,
+                        help=f"jobs running at once, each moving its own file (default: {DEFAULT_PARALLEL})")
     parser.add_argument("--chunk-size", type=parse_size, default=DEFAULT_CHUNK_SIZE, metavar="SIZE",
                         help="bytes per stream read/write (default: 4MiB)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data (default: 0)")
@@ -471,7 +492,8 @@ def add_arguments(parser: argparse.ArgumentParser, parse_size: Callable[[str], i
 def config_from_args(args: argparse.Namespace, store_options: dict[str, Any]) -> DemoConfig:
     """The :class:`DemoConfig` that parsed demo arguments describe."""
     return DemoConfig(store=args.store, total_size=args.total_size, shards=args.shards, chunk_size=args.chunk_size,
-                      seed=args.seed, keep=args.keep, progress=args.progress, store_options=store_options)
+                      parallel=args.parallel, seed=args.seed, keep=args.keep, progress=args.progress,
+                      store_options=store_options)
 
 
 __all__ = ["DemoConfig", "DemoResult", "add_arguments", "config_from_args", "format_summary", "run_demo"]
