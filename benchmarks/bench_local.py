@@ -1,0 +1,414 @@
+#!/usr/bin/env python3
+"""Local-disk benchmark: aiojobstore's file: store vs shutil.copyfile and Toil's FileJobStore, side by side.
+
+    python benchmarks/bench_local.py                      # 1 GiB file, 2000 jobs; Toil from /tmp/toil-venv
+    python benchmarks/bench_local.py --size 64MiB --jobs 200 --toil-python none
+
+* files: ``write_file`` + ``read_file`` of one ``--size`` file through the store (fsync on, the default, and
+  ``fsync=False``) vs ``shutil.copyfile`` (with and without an fsync of the copy) and vs Toil's FileJobStore;
+* jobs: create / update / load / delete ops/s, ours sequentially through the blocking facade and ``--concurrency``
+  at a time through the async API, each with fsync on and off, vs Toil's FileJobStore (sequential: it has no
+  concurrent API);
+* the blocking facade's per-call overhead: a trivial call through ``aiojobstore.sync`` minus the same call awaited
+  directly on the async store.
+
+Toil runs in a subprocess with its own interpreter (``--toil-python``, e.g. a venv made with ``pip install toil``)
+so that its dependencies never meet ours; without one its columns say "n/a". Every figure is the median of
+``--repeat`` runs; the files live on the same filesystem (``--dir``) and the page cache is warm (no root to drop
+it), so the file figures measure the copy path, not the disk. The table goes to stdout, the JSON to
+``benchmarks/results/local.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiojobstore
+from aiojobstore import Job
+from aiojobstore.cli import parse_size
+from aiojobstore.sync import open_store as open_sync_store
+
+MiB = 1 << 20
+DEFAULT_TOIL_PYTHON = "/tmp/toil-venv/bin/python"
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "local.json")
+JOB_DATA = {"command": "align --sample 7", "requirements": {"cores": 1, "memory": 2 << 30}, "children": []}
+OPS = ("create", "update", "load", "delete")
+
+DURABILITY = {
+    "aiojobstore (fsync)": "every write: temp file fsynced, renamed, directory fsynced (survives power loss)",
+    "aiojobstore (no fsync)": "open_store(..., fsync=False): temp file + rename, atomic but not durable on crash",
+    "shutil.copyfile": "no fsync, not atomic (a crash can leave a partial file)",
+    "shutil.copyfile + fsync": "fsync of the copy, not atomic",
+    "toil FileJobStore": "temp file + rename (atomic), no fsync (not durable on crash); read_file hard-links "
+                         "the stored file when on the same filesystem (no bytes copied)",
+}
+
+# Toil's side, run by --toil-python. Prints one JSON object.
+TOIL_SCRIPT = r"""
+import json, os, sys, time
+from toil.common import Config
+from toil.jobStores.fileJobStore import FileJobStore
+from toil.job import JobDescription
+
+mode, root, arg, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+store = FileJobStore(os.path.join(root, "toil-store"))
+store.initialize(Config())
+out = {"toil_version": __import__("toil").version.version}
+try:
+    if mode == "file":
+        t = time.perf_counter(); file_id = store.write_file(arg); out["write_s"] = time.perf_counter() - t
+        target = os.path.join(root, "toil-read.out")
+        t = time.perf_counter(); store.read_file(file_id, target); out["read_s"] = time.perf_counter() - t
+        out["read_ok"] = os.path.getsize(target) == os.path.getsize(arg)
+        out["read_hardlinked"] = os.stat(target).st_ino == os.stat(os.path.realpath(arg)).st_ino or \
+            os.stat(target).st_nlink > 1
+        os.remove(target)
+        import shutil
+        t = time.perf_counter()
+        with store.read_file_stream(file_id) as source, open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+        out["read_stream_s"] = time.perf_counter() - t
+        os.remove(target)
+    else:
+        jobs = []
+        t = time.perf_counter()
+        for i in range(n):
+            job = JobDescription(requirements={"memory": 2 << 30, "cores": 1, "disk": 1 << 30, "preemptible": False},
+                                 jobName="bench")
+            store.assign_job_id(job)
+            store.create_job(job)
+            jobs.append(job)
+        out["create"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for job in jobs:
+            store.update_job(job)
+        out["update"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for job in jobs:
+            store.load_job(job.jobStoreID)
+        out["load"] = time.perf_counter() - t
+        t = time.perf_counter()
+        for job in jobs:
+            store.delete_job(job.jobStoreID)
+        out["delete"] = time.perf_counter() - t
+finally:
+    store.destroy()
+print(json.dumps(out))
+"""
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def make_source(path: str, size: int) -> None:
+    """A file of ``size`` random bytes (not timed)."""
+    with open(path, "wb") as out:
+        left = size
+        while left:
+            block = os.urandom(min(8 * MiB, left))
+            out.write(block)
+            left -= len(block)
+
+
+def drop(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+# ------------------------------------------------------------------------------------------------------ files
+
+
+def bench_copyfile(source: str, workdir: str, fsync: bool) -> float:
+    target = os.path.join(workdir, "copy.out")
+    started = time.perf_counter()
+    shutil.copyfile(source, target)
+    if fsync:
+        fd = os.open(target, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+    elapsed = time.perf_counter() - started
+    drop(target)
+    return elapsed
+
+
+async def bench_store_file(source: str, workdir: str, fsync: bool) -> tuple[float, float]:
+    """Seconds for write_file and for read_file of ``source`` through a fresh file: store."""
+    root = os.path.join(workdir, "ajs-store")
+    target = os.path.join(workdir, "ajs-read.out")
+    async with aiojobstore.open_store("file:" + root, fsync=fsync) as store:
+        await store.initialize()
+        try:
+            started = time.perf_counter()
+            file_id = await store.write_file(source)
+            write_s = time.perf_counter() - started
+            started = time.perf_counter()
+            await store.read_file(file_id, target)
+            read_s = time.perf_counter() - started
+            if os.path.getsize(target) != os.path.getsize(source):
+                raise SystemExit("read_file returned the wrong size")
+        finally:
+            drop(target)
+            await store.destroy()
+    return write_s, read_s
+
+
+def run_toil(toil_python: str | None, mode: str, workdir: str, arg: str, n: int) -> dict[str, Any] | None:
+    if not toil_python:
+        return None
+    result = subprocess.run([toil_python, "-c", TOIL_SCRIPT, mode, workdir, arg, str(n)],
+                            capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"  toil {mode} run failed: {tail}", file=sys.stderr)
+        return None
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------------------- jobs
+
+
+def bench_jobs_sync(workdir: str, n: int, fsync: bool) -> dict[str, float]:
+    """Seconds per operation kind for ``n`` jobs, one at a time through the blocking facade."""
+    times: dict[str, float] = {}
+    with open_sync_store("file:" + os.path.join(workdir, "ajs-jobs"), fsync=fsync) as store:
+        store.initialize()
+        try:
+            started = time.perf_counter()
+            jobs = [store.create_job(Job("bench", dict(JOB_DATA))) for _ in range(n)]
+            times["create"] = time.perf_counter() - started
+            started = time.perf_counter()
+            for job in jobs:
+                job.data["state"] = "running"
+                store.update_job(job)
+            times["update"] = time.perf_counter() - started
+            started = time.perf_counter()
+            for job in jobs:
+                store.load_job(job.id)
+            times["load"] = time.perf_counter() - started
+            started = time.perf_counter()
+            for job in jobs:
+                store.delete_job(job.id)
+            times["delete"] = time.perf_counter() - started
+        finally:
+            store.destroy()
+    return times
+
+
+async def bench_jobs_async(workdir: str, n: int, fsync: bool, concurrency: int) -> dict[str, float]:
+    """Seconds per operation kind for ``n`` jobs, ``concurrency`` at a time through the async API."""
+    times: dict[str, float] = {}
+    limiter = asyncio.Semaphore(concurrency)
+
+    async def each(items: list[Any], action: Callable[[Any], Any]) -> list[Any]:
+        async def one(item: Any) -> Any:
+            async with limiter:
+                return await action(item)
+
+        return await asyncio.gather(*(one(item) for item in items))
+
+    async with aiojobstore.open_store("file:" + os.path.join(workdir, "ajs-ajobs"), fsync=fsync) as store:
+        await store.initialize()
+        try:
+            started = time.perf_counter()
+            jobs = await each([Job("bench", dict(JOB_DATA)) for _ in range(n)], store.create_job)
+            times["create"] = time.perf_counter() - started
+
+            async def update(job: Job) -> None:
+                job.data["state"] = "running"
+                await store.update_job(job)
+
+            started = time.perf_counter()
+            await each(jobs, update)
+            times["update"] = time.perf_counter() - started
+            started = time.perf_counter()
+            await each([job.id for job in jobs], store.load_job)
+            times["load"] = time.perf_counter() - started
+            started = time.perf_counter()
+            await each([job.id for job in jobs], store.delete_job)
+            times["delete"] = time.perf_counter() - started
+        finally:
+            await store.destroy()
+    return times
+
+
+# ----------------------------------------------------------------------------------------- facade overhead
+
+
+def bench_overhead(locator: str, calls: int) -> dict[str, float]:
+    """Microseconds per read_kill_flag(): through the sync facade, awaited directly, and the difference."""
+    with open_sync_store(locator) as store:
+        store.initialize()
+        store.write_kill_flag(False)
+        for _ in range(200):
+            store.read_kill_flag()
+        started = time.perf_counter()
+        for _ in range(calls):
+            store.read_kill_flag()
+        sync_us = (time.perf_counter() - started) / calls * 1e6
+        store.destroy()
+
+    async def direct() -> float:
+        async with aiojobstore.open_store(locator) as astore:
+            await astore.initialize()
+            await astore.write_kill_flag(False)
+            for _ in range(200):
+                await astore.read_kill_flag()
+            started = time.perf_counter()
+            for _ in range(calls):
+                await astore.read_kill_flag()
+            elapsed = (time.perf_counter() - started) / calls * 1e6
+            await astore.destroy()
+            return elapsed
+
+    async_us = asyncio.run(direct())
+    return {"sync_us": sync_us, "async_us": async_us, "overhead_us": sync_us - async_us}
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=parse_size, default=1 << 30, help="file size, e.g. 64MiB (default 1GiB)")
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs per job benchmark (default 2000)")
+    parser.add_argument("--concurrency", type=int, default=64, help="async operations in flight (default 64)")
+    parser.add_argument("--calls", type=int, default=20000, help="calls for the facade overhead (default 20000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported")
+    parser.add_argument("--dir", default=None, help="work directory (default: a temp dir under $TMPDIR)")
+    parser.add_argument("--toil-python", default=DEFAULT_TOIL_PYTHON,
+                        help=f"python of a venv with toil installed (default {DEFAULT_TOIL_PYTHON}; 'none' skips)")
+    parser.add_argument("--output", default=RESULTS, help="JSON results file")
+    args = parser.parse_args(argv)
+
+    toil_python: str | None = args.toil_python
+    if toil_python in ("", "none") or not (toil_python and os.path.exists(toil_python)):
+        if toil_python not in ("", "none"):
+            print(f"toil: no interpreter at {toil_python}; skipping Toil's columns "
+                  "(python -m venv /tmp/toil-venv && /tmp/toil-venv/bin/pip install toil)")
+        toil_python = None
+    elif subprocess.run([toil_python, "-c", "import toil.jobStores.fileJobStore"], capture_output=True).returncode:
+        print(f"toil: {toil_python} cannot import toil; skipping Toil's columns")
+        toil_python = None
+
+    workdir = tempfile.mkdtemp(prefix="bench-local-", dir=args.dir)
+    results: dict[str, Any] = {
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "params": {"size": args.size, "jobs": args.jobs, "concurrency": args.concurrency, "repeat": args.repeat,
+                   "calls": args.calls},
+        "durability": DURABILITY,
+    }
+    try:
+        # ------------------------------------------------------------ files
+        source = os.path.join(workdir, "source.bin")
+        make_source(source, args.size)
+        mb = args.size / 1e6
+        print(f"files: {args.size / MiB:.0f} MiB, median of {args.repeat} (MB/s)", flush=True)
+        files: dict[str, dict[str, float | None]] = {}
+        for fsync in (False, True):
+            label = "shutil.copyfile + fsync" if fsync else "shutil.copyfile"
+            seconds = median([bench_copyfile(source, workdir, fsync) for _ in range(args.repeat)])
+            files[label] = {"write_mb_s": mb / seconds, "read_mb_s": mb / seconds}
+        for fsync in (True, False):
+            label = "aiojobstore (fsync)" if fsync else "aiojobstore (no fsync)"
+            runs = [asyncio.run(bench_store_file(source, workdir, fsync)) for _ in range(args.repeat)]
+            files[label] = {"write_mb_s": mb / median([w for w, _ in runs]),
+                            "read_mb_s": mb / median([r for _, r in runs])}
+        toil_runs = [run_toil(toil_python, "file", workdir, source, 0) for _ in range(args.repeat)]
+        if all(toil_runs):
+            linked = all(r["read_hardlinked"] for r in toil_runs)  # type: ignore[index]
+            files["toil FileJobStore" + (" (read=hard link)" if linked else "")] = {
+                "write_mb_s": mb / median([r["write_s"] for r in toil_runs]),  # type: ignore[index]
+                "read_mb_s": mb / median([r["read_s"] for r in toil_runs])}  # type: ignore[index]
+            files["toil read_file_stream+copyfileobj"] = {
+                "write_mb_s": None, "read_mb_s": mb / median([r["read_stream_s"] for r in toil_runs])}  # type: ignore
+            results["toil_version"] = toil_runs[0]["toil_version"]  # type: ignore[index]
+        else:
+            files["toil FileJobStore"] = {"write_mb_s": None, "read_mb_s": None}
+        drop(source)
+        baseline = files["shutil.copyfile"]["write_mb_s"] or 1.0
+        for row in files.values():
+            for kind in ("write", "read"):
+                value = row[f"{kind}_mb_s"]
+                row[f"{kind}_vs_copyfile"] = None if value is None else value / baseline
+        results["files"] = files
+        print(f"  {'':36} {'write MB/s':>11} {'read MB/s':>10} {'write/copyfile':>15} {'read/copyfile':>14}")
+        def cell(value: float | None, width: int, fmt: str, suffix: str = "") -> str:
+            return f"{'n/a':>{width + len(suffix)}}" if value is None else f"{value:>{width}{fmt}}{suffix}"
+
+        for label, row in files.items():
+            print(f"  {label:36} {cell(row['write_mb_s'], 11, '.0f')} {cell(row['read_mb_s'], 10, '.0f')} "
+                  f"{cell(row['write_vs_copyfile'], 14, '.2f', 'x')} {cell(row['read_vs_copyfile'], 13, '.2f', 'x')}")
+
+        # ------------------------------------------------------------- jobs
+        print(f"\njobs: {args.jobs} per operation, median of {args.repeat} (ops/s)", flush=True)
+        jobs: dict[str, dict[str, float | None]] = {}
+
+        def rate(runs: list[dict[str, float]]) -> dict[str, float | None]:
+            return {op: args.jobs / median([run[op] for run in runs]) for op in OPS}
+
+        for fsync in (True, False):
+            tag = "fsync" if fsync else "no fsync"
+            jobs[f"aiojobstore sync facade, sequential ({tag})"] = rate(
+                [bench_jobs_sync(workdir, args.jobs, fsync) for _ in range(args.repeat)])
+            jobs[f"aiojobstore async, {args.concurrency} at a time ({tag})"] = rate(
+                [asyncio.run(bench_jobs_async(workdir, args.jobs, fsync, args.concurrency))
+                 for _ in range(args.repeat)])
+        toil_jobs = [run_toil(toil_python, "jobs", workdir, "-", args.jobs) for _ in range(args.repeat)]
+        jobs["toil FileJobStore, sequential (no fsync)"] = (
+            rate(toil_jobs) if all(toil_jobs) else dict.fromkeys(OPS))  # type: ignore[arg-type]
+        results["jobs"] = jobs
+        print(f"  {'':52} " + " ".join(f"{op:>8}" for op in OPS))
+        for label, row in jobs.items():
+            print(f"  {label:52} " + " ".join(f"{row[op]:>8.0f}" if row[op] is not None else f"{'n/a':>8}"
+                                               for op in OPS))
+        toil_row = jobs["toil FileJobStore, sequential (no fsync)"]
+        if toil_row["create"] is not None:
+            ours = jobs[f"aiojobstore async, {args.concurrency} at a time (fsync)"]
+            ours_nofsync = jobs[f"aiojobstore async, {args.concurrency} at a time (no fsync)"]
+            results["async_vs_toil"] = {
+                op: {"fsync": ours[op] / toil_row[op], "no_fsync": ours_nofsync[op] / toil_row[op]}  # type: ignore
+                for op in OPS}
+            print("  async/toil (fsync | no fsync): " + ", ".join(
+                f"{op} {v['fsync']:.2f}x | {v['no_fsync']:.2f}x" for op, v in results["async_vs_toil"].items()))
+
+        # --------------------------------------------------------- overhead
+        print(f"\nsync facade per-call overhead: read_kill_flag(), {args.calls} calls (us per call)", flush=True)
+        overhead = {
+            "memory:": bench_overhead("memory:bench-overhead", args.calls),
+            "file:": bench_overhead("file:" + os.path.join(workdir, "ajs-overhead"), args.calls // 4),
+        }
+        results["sync_overhead"] = overhead
+        for label, row in overhead.items():
+            print(f"  {label:8} sync {row['sync_us']:7.1f}   async {row['async_us']:7.1f}   "
+                  f"overhead {row['overhead_us']:6.1f} (target <= 100)")
+
+        print("\ndurability:")
+        for label, text in DURABILITY.items():
+            print(f"  {label:26} {text}")
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    with open(args.output, "w") as out:
+        json.dump(results, out, indent=2)
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
