@@ -400,6 +400,8 @@ async def _source_size(ref: Ref, store: JobStore | None, args: argparse.Namespac
 
 async def _copy_one(src: Ref, dst: Ref, args: argparse.Namespace, stack: AsyncExitStack) -> None:
     """Copy one file between any two kinds of endpoint; prints what it wrote into a store."""
+    if isinstance(src, LocalRef) and src.path != "-":
+        await anyio.to_thread.run_sync(_size_of, src.path)  # a missing source fails before any store is opened
     src_store = await stack.enter_async_context(opened(src.locator, args)) if isinstance(src, StoreRef) else None
     dst_store: JobStore | None = None
     if isinstance(dst, StoreRef):
@@ -892,6 +894,17 @@ def _one_line(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+_USER_ERRORS = (CLIError, JobStoreError, OSError, ValueError, argparse.ArgumentTypeError)
+
+
+def _leaves(error: BaseException) -> list[BaseException]:
+    """The errors inside (nested) exception groups, as raised by task groups; ``[error]`` for a plain error."""
+    inner = getattr(error, "exceptions", None)
+    if not isinstance(inner, tuple):
+        return [error]
+    return [leaf for sub in inner for leaf in _leaves(sub)]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``aiojobstore`` command; return its exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
     parser = build_parser()
@@ -901,11 +914,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 1
-    except (CLIError, JobStoreError, OSError, ValueError, argparse.ArgumentTypeError) as error:
-        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+    except BaseException as error:
+        leaves = _leaves(error)
+        if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        if all(isinstance(leaf, BrokenPipeError) for leaf in leaves):
+            return 1
+        user_errors = [leaf for leaf in leaves if isinstance(leaf, _USER_ERRORS)]
+        if not user_errors or len(user_errors) != len(leaves):
+            raise  # a bug: keep the traceback
+        more = f" (and {len(leaves) - 1} more errors)" if len(leaves) > 1 else ""
+        print(f"{PROG}: error: {_one_line(user_errors[0])}{more}", file=sys.stderr)
         return 1
 
 
 __all__ = ["CLIError", "LocalRef", "StoreRef", "UrlRef", "build_parser", "main", "parse_ref", "parse_size"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

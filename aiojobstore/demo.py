@@ -401,6 +401,14 @@ class _Pipeline:
         return len(children) + 1, logs_read
 
 
+def _first_error(error: BaseException) -> BaseException:
+    """The first error inside (nested) task-group exception groups, so that callers see e.g. the
+    IntegrityError itself."""
+    while isinstance(getattr(error, "exceptions", None), tuple) and error.exceptions:  # type: ignore[attr-defined]
+        error = error.exceptions[0]  # type: ignore[attr-defined]
+    return error
+
+
 async def run_demo(config: DemoConfig) -> DemoResult:
     """Run the demo pipeline and return its figures. Raises :class:`IntegrityError` if any check fails."""
     if config.shards < 1:
@@ -424,7 +432,10 @@ async def run_demo(config: DemoConfig) -> DemoResult:
             try:
                 started = time.perf_counter()
                 pipeline = _Pipeline(store, config, scratch, meter)
-                jobs, logs_read = await pipeline.run()
+                try:
+                    jobs, logs_read = await pipeline.run()
+                except Exception as error:
+                    raise _first_error(error) from error
                 elapsed = time.perf_counter() - started
             finally:
                 meter.close()

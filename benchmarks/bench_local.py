@@ -123,6 +123,12 @@ def make_source(path: str, size: int) -> None:
             left -= len(block)
 
 
+def settle() -> None:
+    """Flush dirty pages left by the previous measurement so its writeback does not slow the next one."""
+    os.sync()
+    time.sleep(0.5)
+
+
 def drop(path: str) -> None:
     if os.path.isdir(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -135,6 +141,7 @@ def drop(path: str) -> None:
 
 def bench_copyfile(source: str, workdir: str, fsync: bool) -> float:
     target = os.path.join(workdir, "copy.out")
+    settle()
     started = time.perf_counter()
     shutil.copyfile(source, target)
     if fsync:
@@ -153,9 +160,11 @@ async def bench_store_file(source: str, workdir: str, fsync: bool) -> tuple[floa
     async with aiojobstore.open_store("file:" + root, fsync=fsync) as store:
         await store.initialize()
         try:
+            await settle_async()
             started = time.perf_counter()
             file_id = await store.write_file(source)
             write_s = time.perf_counter() - started
+            await settle_async()
             started = time.perf_counter()
             await store.read_file(file_id, target)
             read_s = time.perf_counter() - started
@@ -167,9 +176,14 @@ async def bench_store_file(source: str, workdir: str, fsync: bool) -> tuple[floa
     return write_s, read_s
 
 
+async def settle_async() -> None:
+    await asyncio.to_thread(settle)
+
+
 def run_toil(toil_python: str | None, mode: str, workdir: str, arg: str, n: int) -> dict[str, Any] | None:
     if not toil_python:
         return None
+    settle()
     result = subprocess.run([toil_python, "-c", TOIL_SCRIPT, mode, workdir, arg, str(n)],
                             capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -185,6 +199,7 @@ def run_toil(toil_python: str | None, mode: str, workdir: str, arg: str, n: int)
 def bench_jobs_sync(workdir: str, n: int, fsync: bool) -> dict[str, float]:
     """Seconds per operation kind for ``n`` jobs, one at a time through the blocking facade."""
     times: dict[str, float] = {}
+    settle()
     with open_sync_store("file:" + os.path.join(workdir, "ajs-jobs"), fsync=fsync) as store:
         store.initialize()
         try:
@@ -212,6 +227,7 @@ def bench_jobs_sync(workdir: str, n: int, fsync: bool) -> dict[str, float]:
 async def bench_jobs_async(workdir: str, n: int, fsync: bool, concurrency: int) -> dict[str, float]:
     """Seconds per operation kind for ``n`` jobs, ``concurrency`` at a time through the async API."""
     times: dict[str, float] = {}
+    settle()
     limiter = asyncio.Semaphore(concurrency)
 
     async def each(items: list[Any], action: Callable[[Any], Any]) -> list[Any]:
