@@ -26,7 +26,8 @@ lets one set them; aiojobstore's defaults already are 50 MiB / 8, so it runs onc
 - ``s3fs``: put_file / get_file / open("wb"), 16 at once with put/get of lists;
 - ``obstore``: put (file path, iterator) / get streamed to a file; 16 at once with put_async/get_async.
 
-Every (client, config, case) runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own; clients
+Every (client, config, case) runs in its own subprocess, so its peak RSS is its own (``VmHWM`` of the child;
+its ``ru_maxrss`` is recorded too but includes the parent's RSS at fork/exec on Linux); clients
 are interleaved within each repeat (the order rotates between repeats). Peers run with ``--peer-python`` (a
 separate venv, so they cannot disturb the project's pinned aiobotocore):
 
@@ -102,8 +103,13 @@ class Generated:
             yield self.read(MiB)
 
 def report(seconds):
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "rss_mib": rss}), flush=True)
+    # Peak RSS of this process's own memory: VmHWM. ru_maxrss is also recorded, but on Linux it starts from the
+    # parent's RSS at fork/exec (signal->maxrss is inherited), which would put a floor under every client.
+    with open("/proc/self/status") as status:
+        hwm = [int(line.split()[1]) for line in status if line.startswith("VmHWM:")]
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": seconds, "rss_mib": hwm[0] / 1024 if hwm else maxrss, "ru_maxrss_mib": maxrss}),
+          flush=True)
 '''
 
 AIOJOBSTORE = r'''
