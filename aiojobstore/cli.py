@@ -184,10 +184,19 @@ def url_options(args: argparse.Namespace) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- the store
 
 
+def open_with_options(locator: str, args: argparse.Namespace) -> JobStore:
+    """``open_store`` with the store flags; an option the store does not take is a one-line error."""
+    try:
+        return open_store(locator, **store_options(args))
+    except TypeError as error:  # the memory and local backends reject unknown options with a TypeError
+        flags = ", ".join("--" + name.replace("_", "-") for name in store_options(args)) or "none"
+        raise CLIError(f"a store option given ({flags}) does not apply to {locator!r}: {error}") from None
+
+
 @asynccontextmanager
 async def opened(locator: str, args: argparse.Namespace, *, create: bool = False) -> AsyncIterator[JobStore]:
     """An existing store (``resume``), or a new one with ``create``; closed at exit."""
-    store = open_store(locator, **store_options(args))
+    store = open_with_options(locator, args)
     async with store:
         try:
             await store.resume()
@@ -724,7 +733,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
 async def cmd_init(args: argparse.Namespace) -> int:
     """Create an empty job store."""
     ref = parse_store_arg(args.store)
-    async with open_store(ref.locator, **store_options(args)) as store:
+    async with open_with_options(ref.locator, args) as store:
         await store.initialize()
     _say(f"initialized {ref.locator}")
     return 0
@@ -747,7 +756,7 @@ async def cmd_destroy(args: argparse.Namespace) -> int:
     ref = parse_store_arg(args.store)
     if ref.path:
         raise CLIError(f"destroy takes a store locator, not {args.store!r}")
-    store = open_store(ref.locator, **store_options(args))
+    store = open_with_options(ref.locator, args)
     async with store:
         if not await store.backend.exists():
             _say(f"nothing to destroy: no job store at {ref.locator}")
@@ -780,6 +789,7 @@ async def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo pipeline (see :mod:`aiojobstore.demo`)."""
     from . import demo
 
+    await open_with_options(args.store or "file:" + tempfile.gettempdir(), args).close()  # check the options
     result = await demo.run_demo(demo.config_from_args(args, store_options(args)))
     _say(json.dumps(result.to_dict(), indent=2) if args.json else demo.format_summary(result))
     return 0

@@ -327,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
         "params": {"size": args.size, "jobs": args.jobs, "concurrency": args.concurrency, "repeat": args.repeat,
                    "calls": args.calls},
         "durability": DURABILITY,
+        "load_average_at_start": os.getloadavg(),
     }
+    print(f"load average at start: {os.getloadavg()[0]:.1f} (other work on the machine skews every figure)")
     try:
         # ------------------------------------------------------------ files
         source = os.path.join(workdir, "source.bin")
@@ -419,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
+    results["load_average_at_end"] = os.getloadavg()
+    print(f"load average at end: {os.getloadavg()[0]:.1f}")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     with open(args.output, "w") as out:
         json.dump(results, out, indent=2)
