@@ -292,3 +292,27 @@ def test_console_script_is_installed() -> None:
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0
     assert result.stdout.startswith("aiojobstore ")
+
+
+def test_cp_imports_and_exports_file_urls_and_copies_between_stores(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = os.urandom(MiB + 5)
+    source = tmp_path / "in.bin"
+    source.write_bytes(data)
+    locator = make_store(tmp_path)
+    code, out, err = run(capsys, "cp", source.as_uri(), f"{locator}::")
+    assert code == 0, err
+    file_id = out.strip()
+    exported = tmp_path / "exported.bin"
+    assert run(capsys, "cp", f"{locator}::{file_id}", exported.as_uri())[0] == 0
+    assert exported.read_bytes() == data
+
+    other = f"memory:cli-{uuid.uuid4().hex}"
+    assert run(capsys, "init", other)[0] == 0
+    code, out, err = run(capsys, "cp", f"{locator}::{file_id}", f"{other}::")
+    assert code == 0, err
+    copied_id = out.strip()
+    assert copied_id != file_id and copied_id.endswith("/in.bin")
+    back = tmp_path / "back.bin"
+    assert run(capsys, "cp", f"{other}::{copied_id}", str(back))[0] == 0
+    assert back.read_bytes() == data
