@@ -46,3 +46,11 @@ def test_bad_locators_are_refused_with_the_accepted_forms(text):
 def test_open_store_refuses_unknown_locator_before_any_io():
     with pytest.raises(InvalidLocatorError, match="unknown scheme"):
         open_store("azure://container/x")
+
+
+@pytest.mark.parametrize("locator", ["memory:x", "file:/tmp/never-created-by-this-test"])
+def test_unknown_backend_option_is_a_clear_error(locator):
+    from aiojobstore import JobStoreError
+
+    with pytest.raises(JobStoreError, match=r"unknown option.*endpoint_url"):
+        open_store(locator, endpoint_url="http://127.0.0.1:9000")

@@ -14,8 +14,9 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from os import PathLike
+from typing import Any
 
-from ..errors import EncryptionKeyError, InvalidKeyError
+from ..errors import EncryptionKeyError, InvalidKeyError, JobStoreError
 from ..streams import AsyncReader, AsyncWriter
 from ..transfer import ProgressCallback, TransferConfig, TransferLimits
 
@@ -44,6 +45,17 @@ def validate_key(key: str) -> str:
         if not _KEY_SEGMENT.match(segment):
             raise InvalidKeyError(f"object key {key!r} contains a backslash or a control character")
     return key
+
+
+def reject_unknown_options(backend: str, options: dict[str, Any], accepted: Iterable[str]) -> None:
+    """Raise a clear :class:`JobStoreError` naming options a backend does not take."""
+    if options:
+        from ..transfer import TransferConfig
+
+        raise JobStoreError(
+            f"unknown option(s) for the {backend} backend: {', '.join(sorted(options))}. Accepted: "
+            f"{', '.join(accepted)} and the transfer settings ({', '.join(TransferConfig.__dataclass_fields__)})"
+        )
 
 
 def key_fingerprint(key: bytes) -> str:

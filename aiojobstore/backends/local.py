@@ -31,7 +31,7 @@ from ..errors import ConcurrentModificationError, InvalidKeyError, JobStoreError
 from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import Part, Progress, ProgressCallback, TransferConfig, plan_parts, run_parts
-from .base import Backend, ObjectInfo, validate_key
+from .base import Backend, ObjectInfo, reject_unknown_options, validate_key
 
 RESERVED_PREFIX = ".ajs-"
 TMP_PREFIX = ".ajs-tmp-"
@@ -507,8 +507,9 @@ def _write_all(fd: int, data: Buffer) -> None:
 
 
 def from_locator(locator: Locator, *, transfer: TransferConfig | None = None, fsync: bool = True,
-                 **options: Any) -> LocalBackend:
-    return LocalBackend(locator.path, transfer=transfer, fsync=fsync, **options)
+                 sse_key: bytes | str | None = None, **rest: Any) -> LocalBackend:
+    reject_unknown_options("local (file:)", rest, ["fsync", "sse_key"])
+    return LocalBackend(locator.path, transfer=transfer, fsync=fsync, sse_key=sse_key)
 
 
 __all__ = ["LocalBackend", "atomic_write_bytes", "from_locator"]

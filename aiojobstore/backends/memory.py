@@ -17,7 +17,7 @@ from ..errors import ConcurrentModificationError, NoSuchFileError
 from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import Progress, ProgressCallback, TransferConfig
-from .base import Backend, ObjectInfo, validate_key
+from .base import Backend, ObjectInfo, reject_unknown_options, validate_key
 
 _READ_CHUNK = 1 << 20
 
@@ -175,5 +175,7 @@ class MemoryBackend(Backend):
         return f"memory:{self.name}/{key}"
 
 
-def from_locator(locator: Locator, *, transfer: TransferConfig | None = None, **options: Any) -> MemoryBackend:
-    return MemoryBackend(locator.name, transfer=transfer, **options)
+def from_locator(locator: Locator, *, transfer: TransferConfig | None = None, sse_key: bytes | str | None = None,
+                 **rest: Any) -> MemoryBackend:
+    reject_unknown_options("memory", rest, ["sse_key"])
+    return MemoryBackend(locator.name, transfer=transfer, sse_key=sse_key)
