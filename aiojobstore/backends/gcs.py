@@ -203,7 +203,7 @@ class _GCSWriter:
         async def upload() -> None:
             try:
                 crc = await crc32c_async(data)
-                await self.backend._upload_simple(name, data, crc=crc, metadata=None, encrypted=self.encrypted)
+                await self.backend._upload_part(name, data, crc=crc, encrypted=self.encrypted)
                 self.uploaded[name] = (name, crc, len(data))
             finally:
                 self.backend.limits.memory.release(reserved)
@@ -459,6 +459,34 @@ class GCSBackend(Backend):
         if progress is not None:  # reported per finished part: a retried part never counts twice
             await progress.advance(length)
         return resource_out or {}
+
+    async def _upload_part(self, name: str, data: bytes | None, *, crc: int, encrypted: bool,
+                           file_range: tuple[str | PathLike[str], int, int] | None = None,
+                           progress: Progress | None = None) -> None:
+        """Upload one temporary part as a plain media upload (no metadata, so no multipart framing); the CRC32C
+        GCS reports must match ours, else the part is sent once more, then ``IntegrityError``."""
+        length = len(data) if data is not None else file_range[2]  # type: ignore[index]
+        headers = {"Content-Type": CONTENT_TYPE, "Content-Length": str(length),
+                   "x-goog-hash": f"crc32c={crc32c_to_b64(crc)}", **self._key_headers(encrypted)}
+
+        def body() -> Any:
+            if data is not None:
+                return data
+            path, offset, size = file_range  # type: ignore[misc]
+            return iter_file_slices(path, offset, size, self.transfer.io_slice_size)
+
+        for attempt in (1, 2):
+            _, resource, _ = await self._request("POST", self._upload_url(), what=f"upload part {name}",
+                                                 params={"uploadType": "media", "name": name}, headers=headers,
+                                                 body=body)
+            reported = (resource or {}).get("crc32c")
+            if not reported or crc32c_from_b64(reported) == crc:
+                break
+            if attempt == 2:
+                raise IntegrityError(f"part {name}: GCS stored bytes whose CRC32C differs from what was sent (twice)")
+            log.warning("CRC32C mismatch on part %s; sending it again", name)
+        if progress is not None:
+            await progress.advance(length)
 
     async def _compose(self, name: str, sources: list[str], *, metadata: dict[str, str] | None, encrypted: bool,
                        params: dict[str, str] | None = None, key: str | None = None) -> dict[str, Any]:
@@ -865,8 +893,8 @@ class GCSBackend(Backend):
         try:
             async def one(part: Part) -> tuple[str, int, int]:
                 crc = await anyio.to_thread.run_sync(file_range_crc32c, path, part.offset, part.length)
-                await self._upload_simple(names[part.number - 1], None, crc=crc, metadata=None, encrypted=encrypted,
-                                          file_range=(path, part.offset, part.length), progress=report)
+                await self._upload_part(names[part.number - 1], None, crc=crc, encrypted=encrypted,
+                                        file_range=(path, part.offset, part.length), progress=report)
                 return names[part.number - 1], crc, part.length
 
             uploaded = await _run_parts(parts, one, max_concurrency=self.transfer.max_concurrency)
