@@ -167,10 +167,14 @@ class FaultProxy:
             head_part, _, body = head.partition(b"\r\n\r\n")
             method = head_part.split(b" ", 1)[0]
             fate = self._fate(method)
-            if fate == "reset":
+            remaining = _content_length(head_part) - len(body)
+            if b"\r\nexpect: 100-continue" in head_part.lower():
+                client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                head_part = b"\r\n".join(line for line in head_part.split(b"\r\n")
+                                          if not line.lower().startswith(b"expect:"))
+            if fate == "reset" and remaining <= 0:
                 _reset(client)
                 return
-            remaining = _content_length(head_part) - len(body)
             while remaining > 0:
                 chunk = client.recv(min(remaining, 1 << 20))
                 if not chunk:
@@ -178,13 +182,17 @@ class FaultProxy:
                     return
                 remaining -= len(chunk)
                 body += chunk if fate == "pass" or fate == "cut" else b""
+            if fate == "reset":  # the whole request was sent; the connection dies before any response
+                _reset(client)
+                return
             if fate in ("503", "500"):
                 code, reason, err = ("503", "Slow Down", "SlowDown") if fate == "503" else \
                     ("500", "Internal Server Error", "InternalError")
                 payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{err}</Code>'
                            f"<Message>injected by FaultProxy</Message></Error>").encode()
                 client.sendall(f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\n"
-                               f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload)
+                               f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                               + (payload if method != b"HEAD" else b""))
                 client.close()
                 return
             lines = [line for line in head_part.split(b"\r\n") if not line.lower().startswith(b"connection:")]

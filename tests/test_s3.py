@@ -1,0 +1,400 @@
+"""S3-specific promises, on real servers started by tests/s3_servers.py: moto always, Ceph RGW when installed.
+
+The contract suite covers what every backend shares; these tests cover multipart planning and cleanup, integrity
+checks against bytes changed behind the store's back, SSE-C, conditional writes, retries through a faulty network,
+server-side copies and the bucket lifecycle.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+import aiojobstore.backends.s3 as s3_module
+from aiojobstore.backends.base import META_CRC32C
+from aiojobstore.backends.s3 import CREATED_BUCKET_MARKER, S3Backend
+from aiojobstore.errors import (
+    ConcurrentModificationError,
+    EncryptionKeyError,
+    IntegrityError,
+    JobStoreError,
+    NoSuchFileError,
+)
+from aiojobstore.locator import open_backend
+from aiojobstore.transfer import MiB, TransferConfig, crc32c, crc32c_to_b64, plan_parts
+from tests.s3_servers import FaultProxy, S3Server
+
+pytest_plugins = ["tests.s3_servers"]
+
+PART = 5 * MiB
+KEY = bytes(range(32))
+
+
+@pytest.fixture(params=["moto", pytest.param("ceph", marks=pytest.mark.ceph)])
+def server(request: pytest.FixtureRequest) -> S3Server:
+    return request.getfixturevalue("moto_server" if request.param == "moto" else "ceph_rgw")
+
+
+def make_backend(server: S3Server, locator: str | None = None, **options: object) -> S3Backend:
+    transfer = TransferConfig(**{"part_size": PART, **{k: options.pop(k) for k in list(options)
+                                                       if k in TransferConfig.__dataclass_fields__}})
+    locator = locator or f"s3://ajs-{uuid.uuid4().hex[:16]}/store"
+    backend = open_backend(locator, transfer=transfer, **server.options(**options))
+    assert isinstance(backend, S3Backend)
+    return backend
+
+
+@pytest.fixture
+async def backend(server: S3Server) -> AsyncIterator[S3Backend]:
+    store = make_backend(server, sse_key=KEY)
+    assert await store.create()
+    try:
+        yield store
+    finally:
+        await store.destroy()
+        await store.close()
+
+
+def random_file(path: Path, size: int) -> bytes:
+    data = os.urandom(size)
+    path.write_bytes(data)
+    return data
+
+
+async def raw_head(backend: S3Backend, key: str, **extra: object) -> dict:
+    client = await backend.client()
+    return await client.head_object(Bucket=backend.bucket, Key=backend._full(key), **extra)
+
+
+# ------------------------------------------------------------------------------------------------- planning
+
+
+def test_default_part_size_gives_three_parts_for_120_mib() -> None:
+    parts = plan_parts(120 * MiB)
+    assert [p.length for p in parts] == [50 * MiB, 50 * MiB, 20 * MiB]
+
+
+def test_planning_never_exceeds_10000_parts() -> None:
+    size = 5 * 2**40  # the S3 maximum object size
+    parts = plan_parts(size)
+    assert len(parts) <= 10_000
+    assert sum(p.length for p in parts) == size
+    assert parts[0].length % MiB == 0 and parts[0].length > 50 * MiB
+
+
+async def test_120_mib_file_becomes_a_three_part_object(server: S3Server, tmp_path: Path) -> None:
+    store = make_backend(server, part_size=50 * MiB)
+    await store.create()
+    try:
+        data = random_file(tmp_path / "big", 120 * MiB)
+        info = await store.upload_file(tmp_path / "big", "big")
+        assert info.etag is not None and info.etag.strip('"').endswith("-3")
+        assert info.metadata[META_CRC32C] == crc32c_to_b64(crc32c(data))
+        await store.download_file("big", tmp_path / "back")
+        assert (tmp_path / "back").read_bytes() == data
+    finally:
+        await store.destroy()
+        await store.close()
+
+
+# ------------------------------------------------------------------------------------------ uploads, streams
+
+
+async def test_upload_file_multipart_round_trips_bytes_and_metadata(backend: S3Backend, tmp_path: Path) -> None:
+    data = random_file(tmp_path / "src", 3 * PART + 12345)
+    seen: list[int] = []
+    info = await backend.upload_file(tmp_path / "src", "dir/obj", metadata={"colour": "blue"},
+                                     progress=lambda done, total: seen.append(done))
+    assert seen[-1] == len(data)
+    stat = await backend.stat("dir/obj")
+    assert stat is not None and stat.size == len(data) and stat.etag == info.etag
+    assert stat.metadata["colour"] == "blue"
+    assert stat.metadata[META_CRC32C] == crc32c_to_b64(crc32c(data))
+    assert (await backend.get_bytes("dir/obj", start=PART - 10, end=PART + 10)) == data[PART - 10 : PART + 10]
+    async with backend.open_reader("dir/obj") as reader:
+        assert await reader.read() == data
+    await backend.download_file("dir/obj", tmp_path / "dst")
+    assert (tmp_path / "dst").read_bytes() == data
+    assert not [p for p in os.listdir(tmp_path) if p.endswith(".part")]
+
+
+async def test_write_stream_uploads_parts_and_records_checksum(backend: S3Backend) -> None:
+    data = os.urandom(2 * PART + 777)
+    async with backend.open_writer("stream", metadata={"k": "v"}) as writer:
+        for offset in range(0, len(data), 300_001):
+            await writer.write(data[offset : offset + 300_001])
+    assert backend.limits.memory.in_use == 0
+    got, info = await backend.get_object("stream")
+    assert got == data
+    assert info.metadata["k"] == "v" and info.metadata[META_CRC32C] == crc32c_to_b64(crc32c(data))
+    assert await backend.pending_uploads() == []
+
+
+async def test_failed_write_stream_leaves_no_pending_upload_and_no_object(backend: S3Backend) -> None:
+    with pytest.raises(RuntimeError, match="boom"):
+        async with backend.open_writer("doomed") as writer:
+            for _ in range(3):
+                await writer.write(os.urandom(PART))
+            raise RuntimeError("boom")
+    assert await backend.pending_uploads() == []
+    assert await backend.stat("doomed") is None
+    assert backend.limits.memory.in_use == 0
+
+
+async def test_cancelled_write_stream_leaves_nothing(backend: S3Backend) -> None:
+    started = anyio.Event()
+
+    async def writer_task() -> None:
+        async with backend.open_writer("cancelled") as writer:
+            for _ in range(3):
+                await writer.write(os.urandom(PART))
+            started.set()
+            await anyio.sleep_forever()
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(writer_task)
+        await started.wait()
+        task_group.cancel_scope.cancel()
+    assert await backend.pending_uploads() == []
+    assert await backend.stat("cancelled") is None
+
+
+# ----------------------------------------------------------------------------------------------- integrity
+
+
+async def test_object_changed_behind_the_stores_back_raises_integrity_error(backend: S3Backend,
+                                                                            tmp_path: Path) -> None:
+    data = os.urandom(PART + 100)
+    info = await backend.put_bytes("victim", data, metadata={"a": "b"})
+    forged = bytearray(data)
+    forged[1000] ^= 0xFF
+    client = await backend.client()
+    await client.put_object(Bucket=backend.bucket, Key=backend._full("victim"), Body=bytes(forged),
+                            Metadata=info.metadata)
+    with pytest.raises(IntegrityError):
+        await backend.get_bytes("victim")
+    with pytest.raises(IntegrityError):
+        await backend.download_file("victim", tmp_path / "out")
+    assert not (tmp_path / "out").exists() and os.listdir(tmp_path) == []
+    with pytest.raises(IntegrityError):
+        async with backend.open_reader("victim") as reader:
+            await reader.read()
+    assert await backend.get_bytes("victim", start=0, end=10) == bytes(forged[:10])  # ranges are not checked
+
+
+# ----------------------------------------------------------------------------------------------- SSE-C
+
+
+async def test_sse_c_round_trip_and_key_errors(server: S3Server, backend: S3Backend, tmp_path: Path) -> None:
+    data = os.urandom(2 * PART + 5)
+    path = tmp_path / "secret"
+    path.write_bytes(data)
+    await backend.upload_file(path, "enc/file", encrypted=True)
+    await backend.put_bytes("enc/small", b"tiny secret", encrypted=True)
+    async with backend.open_writer("enc/stream", encrypted=True) as writer:
+        await writer.write(data)
+    assert await backend.get_bytes("enc/file") == data
+    assert await backend.get_bytes("enc/stream") == data
+    assert await backend.get_bytes("enc/small") == b"tiny secret"
+    copied = await backend.copy("enc/file", "enc/copy")
+    assert copied.size == len(data) and await backend.get_bytes("enc/copy") == data
+    if server.name == "ceph":  # the server itself refuses to serve it without the key
+        client = await backend.client()
+        with pytest.raises(Exception, match=r"Customer provided keys|400"):
+            await client.get_object(Bucket=backend.bucket, Key=backend._full("enc/small"))
+    for other_key in (None, b"w" * 32):
+        other = make_backend(server, backend.describe(), sse_key=other_key)
+        try:
+            with pytest.raises(EncryptionKeyError, match="key"):
+                await other.get_bytes("enc/small")
+            with pytest.raises(EncryptionKeyError):
+                await other.download_file("enc/file", tmp_path / "nope")
+        finally:
+            await other.close()
+    with pytest.raises(EncryptionKeyError, match="sse_key"):
+        await make_backend(server, backend.describe()).put_bytes("x", b"y", encrypted=True)
+
+
+# ---------------------------------------------------------------------------------------- conditional writes
+
+
+async def test_conditional_puts_refuse_lost_races(backend: S3Backend) -> None:
+    first = await backend.put_bytes("job", b"v1", if_absent=True)
+    with pytest.raises(ConcurrentModificationError):
+        await backend.put_bytes("job", b"again", if_absent=True)
+    second = await backend.put_bytes("job", b"v2", if_match=first.etag)
+    with pytest.raises(ConcurrentModificationError):
+        await backend.put_bytes("job", b"stale", if_match=first.etag)
+    assert await backend.get_bytes("job") == b"v2"
+    assert (await backend.stat("job")).etag == second.etag
+    with pytest.raises(ConcurrentModificationError):
+        await backend.put_bytes("missing", b"x", if_match=first.etag)
+
+
+async def test_if_absent_multipart_stream_refused_when_key_exists(backend: S3Backend) -> None:
+    await backend.put_bytes("taken", b"first")
+    with pytest.raises(ConcurrentModificationError):
+        async with backend.open_writer("taken", if_absent=True) as writer:
+            await writer.write(os.urandom(PART + 1))
+    assert await backend.get_bytes("taken") == b"first"
+    assert await backend.pending_uploads() == []
+
+
+async def test_stale_update_job_is_refused(server: S3Server) -> None:
+    import aiojobstore
+
+    target = server.target()
+    store = aiojobstore.open_store(target.locator, part_size=PART, **target.options)
+    await store.initialize()
+    try:
+        job = await store.create_job(aiojobstore.Job(name="a", data={"n": 1}))
+        fresh = await store.load_job(job.id)
+        fresh.data = {"n": 2}
+        await store.update_job(fresh)
+        job.data = {"n": 3}
+        with pytest.raises(ConcurrentModificationError):
+            await store.update_job(job)
+        assert (await store.load_job(job.id)).data == {"n": 2}
+    finally:
+        await store.destroy()
+        await store.close()
+
+
+# ------------------------------------------------------------------------------------------- fault injection
+
+
+async def test_faulty_network_keeps_every_byte_intact(server: S3Server, tmp_path: Path) -> None:
+    data = random_file(tmp_path / "src", 3 * PART + 999)
+    with FaultProxy(server.endpoint_url, rate=0.25) as proxy:
+        store = make_backend(server, endpoint_url=proxy.endpoint_url, max_attempts=10, backoff_base=0.01,
+                             backoff_max=0.1)
+        try:
+            await store.create()
+            await store.upload_file(tmp_path / "src", "up")
+            async with store.open_writer("stream") as writer:
+                await writer.write(data)
+            for i in range(10):
+                await store.put_bytes(f"small/{i}", data[i * 100 : i * 100 + 100])
+            await store.download_file("up", tmp_path / "down")
+            assert (tmp_path / "down").read_bytes() == data
+            assert await store.get_bytes("stream") == data
+            async with store.open_reader("up") as reader:
+                assert await reader.read() == data
+            for i in range(10):
+                assert await store.get_bytes(f"small/{i}") == data[i * 100 : i * 100 + 100]
+            assert await store.pending_uploads() == []
+        finally:
+            with anyio.CancelScope(shield=True):
+                proxy.rate = 0
+                await store.destroy()
+                await store.close()
+    assert sum(proxy.injected.values()) >= 5, proxy.injected
+    assert proxy.injected["cut"] >= 1, proxy.injected
+
+
+async def test_input_errors_are_not_retried(backend: S3Backend) -> None:
+    with pytest.raises(NoSuchFileError):
+        await backend.get_bytes("never/written")
+    assert await backend.stat("never/written") is None
+    await backend.delete("never/written")
+
+
+# -------------------------------------------------------------------------------------------------- copies
+
+
+async def test_copy_replaces_metadata_and_copy_from_crosses_buckets(server: S3Server, backend: S3Backend,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(PART + 3)
+    await backend.put_bytes("src", data, metadata={"a": "1"})
+    info = await backend.copy("src", "dst", metadata={"b": "2"})
+    stat = await backend.stat("dst")
+    assert stat.metadata["a"] == "1" and stat.metadata["b"] == "2" and stat.etag == info.etag
+    monkeypatch.setattr(s3_module, "MAX_COPY_OBJECT", MiB)  # take the UploadPartCopy path with little data
+    await backend.copy("src", "dst-multipart")
+    assert await backend.get_bytes("dst-multipart") == data
+    other = make_backend(server)
+    try:
+        await other.create()
+        assert await other.copy_from(backend, "src", "copied") is not None
+        assert await other.get_bytes("copied") == data
+        from aiojobstore.backends.memory import MemoryBackend
+
+        assert await other.copy_from(MemoryBackend(f"x{uuid.uuid4().hex}"), "src", "copied") is None
+    finally:
+        await other.destroy()
+        await other.close()
+
+
+async def test_presigned_url_serves_the_object(backend: S3Backend) -> None:
+    await backend.put_bytes("public", b"hello world")
+    url = await backend.presign("public", expires=60)
+
+    def fetch() -> bytes:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read()
+
+    assert await anyio.to_thread.run_sync(fetch) == b"hello world"
+
+
+# ------------------------------------------------------------------------------------------ bucket lifecycle
+
+
+async def test_destroy_removes_only_what_the_store_owns(server: S3Server) -> None:
+    owner = make_backend(server)
+    assert await owner.create() is True
+    assert await owner.create() is False
+    for i in range(5):
+        await owner.put_bytes(f"k/{i}", b"x")
+    neighbour = make_backend(server, f"s3://{owner.bucket}/other")
+    assert await neighbour.create() is False
+    await neighbour.put_bytes("keep", b"y")
+    client = await owner.client()
+    await client.create_multipart_upload(Bucket=owner.bucket, Key=owner._full("pending"))
+    assert CREATED_BUCKET_MARKER not in [i.key async for i in owner.list()]
+
+    await neighbour.destroy()  # did not create the bucket: empties its prefix only
+    assert await neighbour.exists()
+    await owner.destroy()  # created it: empties the prefix, aborts uploads, removes the now empty bucket
+    assert not await owner.exists()
+    await owner.destroy()  # idempotent
+    await owner.close()
+    await neighbour.close()
+
+
+async def test_destroy_keeps_a_bucket_that_is_not_empty(server: S3Server) -> None:
+    owner = make_backend(server)
+    await owner.create()
+    stranger = make_backend(server, f"s3://{owner.bucket}/stranger")
+    await stranger.put_bytes("file", b"z")
+    await owner.destroy()
+    assert await owner.exists()
+    assert await stranger.get_bytes("file") == b"z"
+    await stranger.destroy()
+    client = await owner.client()
+    await client.delete_bucket(Bucket=owner.bucket)
+    await owner.close()
+    await stranger.close()
+
+
+# -------------------------------------------------------------------------------------------------- options
+
+
+def test_unknown_options_are_rejected_with_the_accepted_ones() -> None:
+    with pytest.raises(JobStoreError, match="endpoint_url"):
+        open_backend("s3://some-bucket/p", endpoit_url="http://127.0.0.1:1")
+
+
+async def test_client_is_lazy_and_pooled_to_the_request_limit(moto_server: S3Server) -> None:
+    store = make_backend(moto_server, max_requests=96)
+    assert store._client is None  # no I/O and no client before first use
+    client = await store.client()
+    assert client.meta.config.max_pool_connections == 96
+    assert client.meta.config.s3["addressing_style"] == "path"
+    await store.close()
+    assert store._client is None
