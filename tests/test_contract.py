@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from aiojobstore import (
@@ -479,7 +480,7 @@ async def test_logs_are_read_once_unless_read_all(store, other):
     received: list[bytes] = []
 
     async def async_callback(message: bytes) -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         received.append(message)
 
     assert await store.read_logs(async_callback, read_all=True) == 4
