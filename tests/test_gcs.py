@@ -228,6 +228,26 @@ async def test_corruption_behind_the_stores_back_is_caught(gcs: GCSBackend, tmp_
     assert await gcs.get_bytes("victim", start=0, end=10) == bytes(corrupt[:10])  # partial reads cannot tell
 
 
+async def test_reads_racing_overwrites_get_one_whole_version(gcs: GCSBackend) -> None:
+    versions = [bytes([i]) * (2 * PART) for i in range(6)]
+    await gcs.put_bytes("hot", versions[0])
+    seen: list[bytes] = []
+
+    async def writer() -> None:
+        for version in versions[1:]:
+            await gcs.put_bytes("hot", version)
+
+    async def reader() -> None:
+        for _ in range(10):
+            seen.append(await gcs.get_bytes("hot"))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(writer)
+        group.start_soon(reader)
+        group.start_soon(reader)
+    assert all(data in versions for data in seen)
+
+
 # --------------------------------------------------------------------------------------------- preconditions
 
 

@@ -704,23 +704,44 @@ class GCSBackend(Backend):
         self._check_read_key(key, resource)
         return name, resource
 
+    async def _after_bad_read(self, key: str, name: str, resource: dict[str, Any], tries: list[int],
+                              mismatch: bool) -> dict[str, Any]:
+        """Decide what to read next after a read that failed its checksum (``mismatch``) or found its pinned
+        generation gone: the new generation if the object was replaced meanwhile (not an integrity failure),
+        else the same one once more; ``IntegrityError`` on the second mismatch of one generation."""
+        fresh = await self._resource(name)
+        if fresh is None:
+            raise NoSuchFileError(key)
+        if str(fresh.get("generation")) != str(resource.get("generation")) and tries[1] < 5:
+            tries[1] += 1  # replaced while we read it: read the new version
+            self._check_read_key(key, fresh)
+            return fresh
+        if not mismatch:
+            raise NoSuchFileError(key)
+        tries[0] += 1
+        if tries[0] >= 2:
+            raise IntegrityError(f"{key!r}: the bytes read do not match the CRC32C recorded for the object (read "
+                                 "twice); it is corrupt in the store")
+        log.warning("CRC32C mismatch reading %s; retrying once", name)
+        return resource
+
     async def get_object(self, key: str, *, start: int = 0, end: int | None = None) -> tuple[bytes, ObjectInfo]:
         name, resource = await self._stat_for_read(key)
-        size = int(resource.get("size") or 0)
-        lo, hi = _clamp(start, end, size)
-        whole = lo == 0 and hi == size
-        for attempt in (1, 2):
-            data = b"".join(await self._fetch_range(name, resource, lo, hi)) if hi > lo else b""
-            if not whole:
-                break
+        tries = [0, 0]  # checksum mismatches, replacements seen
+        while True:
+            size = int(resource.get("size") or 0)
+            lo, hi = _clamp(start, end, size)
+            try:
+                data = b"".join(await self._fetch_range(name, resource, lo, hi)) if hi > lo else b""
+            except NoSuchFileError:  # the generation we pinned is gone
+                resource = await self._after_bad_read(key, name, resource, tries, mismatch=False)
+                continue
+            if not (lo == 0 and hi == size):
+                return data, self._info(resource)
             crc = await crc32c_async(data)
             if all(crc == want for want in self._expected_crcs(resource)):
-                break
-            if attempt == 2:
-                raise IntegrityError(f"{key!r}: the bytes read do not match the CRC32C recorded for the object "
-                                     "(read twice); it is corrupt in the store")
-            log.warning("CRC32C mismatch reading %s; retrying once", name)
-        return data, self._info(resource)
+                return data, self._info(resource)
+            resource = await self._after_bad_read(key, name, resource, tries, mismatch=True)
 
     @asynccontextmanager
     async def open_reader(self, key: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[AsyncReader]:
@@ -787,52 +808,56 @@ class GCSBackend(Backend):
     async def download_file(self, key: str, path: str | PathLike[str], *,
                             progress: ProgressCallback | None = None) -> ObjectInfo:
         name, resource = await self._stat_for_read(key)
-        size = int(resource.get("size") or 0)
         target = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(target))
         tmp = os.path.join(directory, f".{os.path.basename(target)}.ajs-{uuid.uuid4().hex[:12]}.tmp")
-        report = Progress(progress, size)
-        expected = self._expected_crcs(resource)
+        report = Progress(progress, int(resource.get("size") or 0))
+        tries = [0, 0]  # checksum mismatches, replacements seen
         try:
-            for attempt in (1, 2):
-                fd = await anyio.to_thread.run_sync(lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+            while True:
                 try:
-                    await anyio.to_thread.run_sync(os.ftruncate, fd, size)
-                    crcs: dict[int, list[tuple[int, int]]] = {}
-
-                    async def one(part: Part, fd: int = fd, crcs: dict = crcs) -> None:
-                        pieces = crcs.setdefault(part.number, [])
-
-                        async def sink(offset: int, data: bytes) -> None:
-                            def work() -> int:
-                                write_file_range(fd, offset, [data])
-                                return crc32c(data)
-
-                            pieces.append((offset, await anyio.to_thread.run_sync(work), len(data)))
-                            await report.advance(len(data))
-
-                        await self._fetch_range(name, resource, part.offset, part.end, sink)
-
-                    await _run_parts(byte_ranges(0, size, max(MiB, self.transfer.part_size)), one,
-                                     max_concurrency=self.transfer.max_concurrency)
-                    await anyio.to_thread.run_sync(os.fsync, fd)
-                finally:
-                    os.close(fd)
-                ordered = sorted(piece for pieces in crcs.values() for piece in pieces)
-                total = combine_part_crcs((crc, length) for _, crc, length in ordered)
-                if all(total == want for want in expected):
+                    total = await self._download_once(name, resource, tmp, report)
+                except NoSuchFileError:  # the generation we pinned is gone
+                    await report.rewind(report.done)
+                    resource = await self._after_bad_read(key, name, resource, tries, mismatch=False)
+                    continue
+                if all(total == want for want in self._expected_crcs(resource)):
                     break
-                if attempt == 2:
-                    raise IntegrityError(f"{key!r}: the bytes downloaded do not match the CRC32C recorded for the "
-                                         "object (downloaded twice); it is corrupt in the store")
-                log.warning("CRC32C mismatch downloading %s; retrying once", name)
                 await report.rewind(report.done)
+                resource = await self._after_bad_read(key, name, resource, tries, mismatch=True)
             await anyio.to_thread.run_sync(os.replace, tmp, target)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(_unlink_quietly, tmp)
             raise
         return self._info(resource)
+
+    async def _download_once(self, name: str, resource: dict[str, Any], tmp: str, report: Progress) -> int:
+        """Fetch one generation into ``tmp`` with parallel ranged GETs; return the CRC32C of what was written."""
+        size = int(resource.get("size") or 0)
+        report.total = size
+        fd = await anyio.to_thread.run_sync(lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        pieces: list[tuple[int, int, int]] = []
+        try:
+            await anyio.to_thread.run_sync(os.ftruncate, fd, size)
+
+            async def sink(offset: int, data: bytes) -> None:
+                def work() -> int:
+                    write_file_range(fd, offset, [data])
+                    return crc32c(data)
+
+                pieces.append((offset, await anyio.to_thread.run_sync(work), len(data)))
+                await report.advance(len(data))
+
+            async def one(part: Part) -> None:
+                await self._fetch_range(name, resource, part.offset, part.end, sink)
+
+            await _run_parts(byte_ranges(0, size, max(MiB, self.transfer.part_size)), one,
+                             max_concurrency=self.transfer.max_concurrency)
+            await anyio.to_thread.run_sync(os.fsync, fd)
+        finally:
+            os.close(fd)
+        return combine_part_crcs((crc, length) for _, crc, length in sorted(pieces))
 
     # ------------------------------------------------------------------ writes
 
