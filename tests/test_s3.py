@@ -30,8 +30,6 @@ from aiojobstore.locator import open_backend
 from aiojobstore.transfer import MiB, TransferConfig, crc32c, crc32c_to_b64, plan_parts
 from tests.s3_servers import FaultProxy, S3Server
 
-pytest_plugins = ["tests.s3_servers"]
-
 PART = 5 * MiB
 KEY = bytes(range(32))
 
