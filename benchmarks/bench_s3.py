@@ -28,7 +28,7 @@ lets one set them; aiojobstore's defaults already are 50 MiB / 8, so it runs onc
 
 Every (client, config, case) runs in its own subprocess, so its peak RSS is its own (``VmHWM`` of the child;
 its ``ru_maxrss`` is recorded too but includes the parent's RSS at fork/exec on Linux); clients
-are interleaved within each repeat (the order rotates between repeats). Peers run with ``--peer-python`` (a
+are interleaved within each repeat (the order rotates between cases and repeats). Peers run with ``--peer-python`` (a
 separate venv, so they cannot disturb the project's pinned aiobotocore):
 
     python3 -m venv /tmp/bench-peers-venv
@@ -329,7 +329,7 @@ for ax, case in zip(axes[:, 0], cases):
     for y, (value, r) in enumerate(zip(med, rows)):
         ax.text(value, y, f' {value:.0f}  ({r["rss_mib"]:.0f} MiB)', va="center", fontsize=7)
 fig.suptitle(f'aiojobstore S3 benchmark on {data["server"]} ({data["date"]})', fontsize=11)
-fig.tight_layout()
+fig.tight_layout(rect=(0, 0, 1, 0.985))
 fig.savefig(sys.argv[2], dpi=110)
 '''
 
@@ -364,6 +364,8 @@ def write_random(path: Path, size: int) -> None:
         while left > 0:
             handle.write(os.urandom(min(block, left)))
             left -= block
+        handle.flush()
+        os.fsync(handle.fileno())  # no writeback of GiBs of fresh data during the first measurements
 
 
 class Server:
@@ -530,8 +532,9 @@ def main() -> int:
         print(f"{len(runs)} client configurations x {len(cases)} cases x {args.repeats} repeats on {server.name}",
               flush=True)
         for repeat in range(args.repeats):
-            order = runs[repeat % len(runs):] + runs[:repeat % len(runs)]
-            for case in cases:
+            for case_index, case in enumerate(cases):
+                shift = (repeat + case_index) % len(runs)  # each client takes every position in turn
+                order = runs[shift:] + runs[:shift]
                 for client, config in order:
                     out = Path(tempfile.mkdtemp(prefix="out-", dir=data))
                     worker_args = {
