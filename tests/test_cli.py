@@ -270,7 +270,7 @@ def test_cp_to_a_memory_store_within_one_process(tmp_path: Path, capsys: pytest.
     (["ls", "bogus://x"], "invalid job store locator 'bogus://x'"),
     (["cp", "/nonexistent/file.bin", "memory:x::"], "No such file or directory"),
     (["stat", "memory:never-made::n/00/x/y"], "no job store at 'memory:never-made'"),
-    (["init", "memory:opt", "--endpoint-url", "http://127.0.0.1:9"], "(--endpoint-url) does not apply"),
+    (["init", "memory:opt", "--endpoint-url", "http://127.0.0.1:9"], "for the memory backend: endpoint_url"),
     (["cp", "-r", "memory:x::", "-"], "needs a destination directory"),
 ])
 def test_errors_are_one_line_without_traceback(argv: list[str], message: str) -> None:
