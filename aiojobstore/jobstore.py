@@ -708,9 +708,10 @@ class JobStore:
             validate_key(key)
             cache_key = (scheme, parsed.netloc)
             if cache_key not in self._url_backends:
+                # a URL on the store's own kind of backend shares its endpoint, credentials and transfer
+                # settings; another kind keeps its defaults (an S3 part size must not come from a GCS store)
                 own = self.backend.scheme == scheme
-                options = dict(self._backend_options) if own else {}
-                options["transfer"] = self.backend.transfer
+                options = {**self._backend_options, "transfer": self.backend.transfer} if own else {}
                 self._url_backends[cache_key] = open_backend(parse_locator(f"{scheme}://{parsed.netloc}"), **options)
             return self._url_backends[cache_key], key
         raise InvalidLocatorError(
