@@ -848,12 +848,13 @@ class S3Backend(Backend):
         except Exception as error:
             translated = self._translate(error, key, "get_object", encrypted=bool(sse))
             if isinstance(translated, ConcurrentModificationError):
-                translated = TransferError(f"{key!r} was replaced while it was being read; read it again")
+                translated = _ReplacedWhileReading(f"{key!r} was replaced while it was being read; read it again")
             raise translated from error
 
     async def get_object(self, key: str, *, start: int = 0, end: int | None = None) -> tuple[bytes, ObjectInfo]:
         validate_key(key)
-        for attempt in (1, 2):
+        mismatches = 0
+        for _ in range(_MAX_REREADS):
             head = await self._head(key)
             if head is None:
                 raise NoSuchFileError(key)
@@ -864,13 +865,17 @@ class S3Backend(Backend):
             async def collect(_offset: int, data: bytes, chunks: list[bytes] = chunks) -> None:
                 chunks.append(data)
 
-            await self._stream_range(key, lo, hi, info.etag, sse, collect)
+            try:
+                await self._stream_range(key, lo, hi, info.etag, sse, collect)
+            except _ReplacedWhileReading:
+                continue  # a writer replaced the object between HEAD and GET: read the new version whole
             data = b"".join(chunks)
             if (lo, hi) != (0, info.size) or await self._crc_ok(info, await crc32c_async(data), len(data)):
                 return data, info
-            if attempt == 2:
+            mismatches += 1
+            if mismatches == 2:
                 raise _integrity_error(key, info)
-        raise AssertionError("unreachable")  # pragma: no cover
+        raise TransferError(f"{key!r} kept being replaced while it was read ({_MAX_REREADS} tries); read it again")
 
     async def _crc_ok(self, info: ObjectInfo, crc: int, size: int) -> bool:
         if size != info.size:
@@ -997,6 +1002,13 @@ class S3Backend(Backend):
             if temp:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
+
+
+class _ReplacedWhileReading(TransferError):
+    """A GET pinned to an ETag found a newer object (it was replaced between HEAD and GET)."""
+
+
+_MAX_REREADS = 8
 
 
 def _bare(etag: str | None) -> str | None:
