@@ -22,6 +22,7 @@ Object layout under the store's root::
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import hashlib
 import inspect
@@ -411,10 +412,8 @@ class JobStore:
             loaded: list[Job] = []
 
             async def load(key: str, out: list[Job] = loaded) -> None:
-                try:
+                with contextlib.suppress(NoSuchFileError):  # deleted while listing
                     out.append(self.codec.decode(await self.backend.get_bytes(key)))
-                except NoSuchFileError:  # deleted while listing
-                    pass
 
             await self._for_each(keys[start : start + _CONCURRENT_LOADS], load)
             for job in loaded:

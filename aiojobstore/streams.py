@@ -29,7 +29,19 @@ class AsyncWriter(Protocol):
     async def write(self, data: Buffer) -> int: ...
 
 
-class ChunkReader:
+class _Buffered:
+    """A reader that buffers what its ``_fill`` fetches (one chunk per call; False at the end)."""
+
+    _fill: Callable[[], Awaitable[bool]]  # each subclass's own: fetch one chunk, False at the end
+
+    async def _fill_while(self, wanted: Callable[[], bool]) -> None:
+        """Fetch chunks while ``wanted()`` holds and the source has more."""
+        while wanted():
+            if not await self._fill():
+                return
+
+
+class ChunkReader(_Buffered):
     """An :class:`AsyncReader` over an async iterator of chunks, with ``read(n)`` of any size.
 
     ``close`` is called once, when the reader is closed (by its owner) or the chunks run out.
@@ -79,11 +91,9 @@ class ChunkReader:
     async def read(self, n: int = -1) -> bytes:
         """Return up to ``n`` bytes (all that is left when ``n < 0``); fewer only at the end of the stream."""
         if n is None or n < 0:
-            while await self._fill():
-                pass
+            await self._fill_while(lambda: True)
             return self._take(self._buffered())
-        while self._buffered() < n and await self._fill():
-            pass
+        await self._fill_while(lambda: self._buffered() < n)
         return self._take(min(n, self._buffered()))
 
     async def read1(self, n: int = -1) -> bytes:
@@ -125,7 +135,7 @@ class ChunkReader:
             await close()
 
 
-class TextReader:
+class TextReader(_Buffered):
     """Decodes an :class:`AsyncReader` incrementally; ``read(n)`` counts characters."""
 
     def __init__(self, raw: AsyncReader, encoding: str | None = None, errors: str | None = None) -> None:
@@ -150,19 +160,16 @@ class TextReader:
     async def read(self, n: int = -1) -> str:
         """Return up to ``n`` characters (everything left when ``n < 0``)."""
         if n is None or n < 0:
-            while await self._fill():
-                pass
+            await self._fill_while(lambda: True)
             out, self._pending = self._pending, ""
             return out
-        while len(self._pending) < n and await self._fill():
-            pass
+        await self._fill_while(lambda: len(self._pending) < n)
         out, self._pending = self._pending[:n], self._pending[n:]
         return out
 
     async def readline(self) -> str:
         """Return one line including its newline (or the rest of the stream)."""
-        while "\n" not in self._pending and await self._fill():
-            pass
+        await self._fill_while(lambda: "\n" not in self._pending)
         index = self._pending.find("\n")
         cut = len(self._pending) if index < 0 else index + 1
         out, self._pending = self._pending[:cut], self._pending[cut:]

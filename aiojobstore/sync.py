@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import functools
 import io
 import os
@@ -84,10 +85,9 @@ class _LoopThread:
         if pid != os.getpid() or self._portal is None:
             return
         portal, self._stopped_pid = self._portal, pid
-        try:
+        # already stopped, or too slow: the daemon thread then dies with the process
+        with contextlib.suppress(Exception):
             portal.start_task_soon(portal.stop, True).result(timeout=30)
-        except Exception:  # already stopped, or too slow: the daemon thread dies with the process
-            pass
 
     def call(self, func: Callable[..., Any], *args: Any) -> Any:
         """Run ``func(*args)`` (a coroutine function) as a task on the loop and block until it is done.

@@ -9,6 +9,7 @@ and combined arithmetically so that parts can be hashed in parallel and in any o
 from __future__ import annotations
 
 import base64
+import contextlib
 import inspect
 import logging
 import math
@@ -230,6 +231,19 @@ async def iter_file_slices(path: str | os.PathLike[str], offset: int, length: in
             yield data
     finally:
         os.close(fd)
+
+
+def clamp_range(start: int, end: int | None, size: int) -> tuple[int, int]:
+    """The byte range ``[start, end)`` cut to an object of ``size`` bytes (``end=None``: to the end)."""
+    lo = min(max(start, 0), size)
+    hi = size if end is None else min(max(end, lo), size)
+    return lo, hi
+
+
+def unlink_quietly(path: str | os.PathLike[str]) -> None:
+    """Remove a file if it is there (temp-file cleanup)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def write_file_range(fd: int, offset: int, chunks: Sequence[bytes | memoryview]) -> int:

@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -92,6 +91,7 @@ from ..transfer import (
     RetryPolicy,
     TransferConfig,
     byte_ranges,
+    clamp_range,
     combine_part_crcs,
     crc32c,
     crc32c_async,
@@ -100,6 +100,7 @@ from ..transfer import (
     file_range_crc32c,
     iter_file_slices,
     plan_parts,
+    unlink_quietly,
     with_retries,
     write_file_range,
 )
@@ -730,7 +731,7 @@ class GCSBackend(Backend):
         tries = [0, 0]  # checksum mismatches, replacements seen
         while True:
             size = int(resource.get("size") or 0)
-            lo, hi = _clamp(start, end, size)
+            lo, hi = clamp_range(start, end, size)
             try:
                 data = b"".join(await self._fetch_range(name, resource, lo, hi)) if hi > lo else b""
             except NoSuchFileError:  # the generation we pinned is gone
@@ -747,7 +748,7 @@ class GCSBackend(Backend):
     async def open_reader(self, key: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[AsyncReader]:
         name, resource = await self._stat_for_read(key)
         size = int(resource.get("size") or 0)
-        lo, hi = _clamp(start, end, size)
+        lo, hi = clamp_range(start, end, size)
         whole = lo == 0 and hi == size
         chunk = max(MiB, min(self.transfer.part_size, _READ_AHEAD_CHUNK))
         ranges = byte_ranges(lo, hi, chunk)
@@ -828,7 +829,7 @@ class GCSBackend(Backend):
             await anyio.to_thread.run_sync(os.replace, tmp, target)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_unlink_quietly, tmp)
+                await anyio.to_thread.run_sync(unlink_quietly, tmp)
             raise
         return self._info(resource)
 
@@ -1036,17 +1037,6 @@ class GCSBackend(Backend):
             self._storage = Storage(session=self._session_now(), token=self._token)
         blob = Blob(Bucket(self._storage, self.bucket), name, {"size": 0})
         return await blob.get_signed_url(min(int(expires), 604800), token=self._token)
-
-
-def _clamp(start: int, end: int | None, size: int) -> tuple[int, int]:
-    lo = min(max(0, start), size)
-    hi = size if end is None else min(max(lo, end), size)
-    return lo, hi
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
 
 
 async def _run_parts(parts: list[Part], job: Callable[[Part], Awaitable[Any]], *, max_concurrency: int) -> list[Any]:

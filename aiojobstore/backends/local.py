@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import errno
 import fcntl
 import json
@@ -33,7 +34,7 @@ import anyio
 from ..errors import ConcurrentModificationError, InvalidKeyError, JobStoreError, NoSuchFileError
 from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
-from ..transfer import Part, Progress, ProgressCallback, TransferConfig, plan_parts, run_parts
+from ..transfer import Part, Progress, ProgressCallback, TransferConfig, plan_parts, run_parts, unlink_quietly
 from .base import Backend, ObjectInfo, reject_unknown_options, validate_key
 
 RESERVED_PREFIX = ".ajs-"
@@ -127,15 +128,8 @@ def atomic_write_bytes(path: str | PathLike[str], data: bytes, *, fsync: bool = 
                 os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        _unlink_quietly(tmp)
+        unlink_quietly(tmp)
         raise
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class _SmallOpRunner:
@@ -186,10 +180,8 @@ class _SmallOpRunner:
                     outcome = (future, False, error)
                 done.setdefault(loop, []).append(outcome)
             for loop, outcomes in done.items():
-                try:
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody is waiting
                     loop.call_soon_threadsafe(_deliver, outcomes)
-                except RuntimeError:  # that loop is closed; nobody is waiting
-                    pass
 
 
 def _deliver(outcomes: list[tuple[Any, bool, Any]]) -> None:
@@ -259,7 +251,7 @@ class LocalBackend(Backend):
             if self.fsync:
                 _fsync_dir(os.path.dirname(path))
         except BaseException:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         return ObjectInfo(key, st.st_size, _etag(st), st.st_mtime, dict(metadata))
 
@@ -292,7 +284,7 @@ class LocalBackend(Backend):
                 view = view[os.write(fd, view) :]
         except BaseException:
             os.close(fd)
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise
         return self._commit(key, path, tmp, fd, metadata, if_absent, if_match)
 
@@ -382,7 +374,7 @@ class LocalBackend(Backend):
         finally:
             if not committed:
                 os.close(fd)
-                _unlink_quietly(tmp)
+                unlink_quietly(tmp)
 
     async def get_object(self, key: str, *, start: int = 0, end: int | None = None) -> tuple[bytes, ObjectInfo]:
         path = self.path_of(key)
@@ -442,7 +434,7 @@ class LocalBackend(Backend):
             finally:
                 if not committed:
                     os.close(fd)
-                    _unlink_quietly(tmp)
+                    unlink_quietly(tmp)
         finally:
             os.close(src_fd)
 

@@ -77,6 +77,7 @@ from ..transfer import (
     TransferConfig,
     byte_ranges,
     choose_part_size,
+    clamp_range,
     combine_part_crcs,
     crc32c,
     crc32c_async,
@@ -386,9 +387,8 @@ class S3Backend(Backend):
         if created:
             await self._delete_batch([marker])
             try:
-                await self._request("delete_bucket", what=self.bucket, Bucket=self.bucket)
-            except NoSuchFileError:
-                pass
+                with contextlib.suppress(NoSuchFileError):  # already gone
+                    await self._request("delete_bucket", what=self.bucket, Bucket=self.bucket)
             except TransferError as error:
                 if _error_code(error.__cause__) != "BucketNotEmpty":
                     raise
@@ -415,11 +415,9 @@ class S3Backend(Backend):
 
     async def _abort(self, full_key: str, upload_id: str) -> None:
         with anyio.CancelScope(shield=True):
-            try:
+            with contextlib.suppress(NoSuchFileError):
                 await self._request("abort_multipart_upload", key=full_key, Bucket=self.bucket, Key=full_key,
                                     UploadId=upload_id)
-            except NoSuchFileError:
-                pass
 
     async def _delete_batch(self, full_keys: list[str]) -> None:
         result = await self._request("delete_objects", what=f"{len(full_keys)} objects", Bucket=self.bucket,
@@ -497,10 +495,8 @@ class S3Backend(Backend):
 
     async def delete(self, key: str) -> None:
         validate_key(key)
-        try:
+        with contextlib.suppress(NoSuchFileError):
             await self._request("delete_object", key=key, Bucket=self.bucket, Key=self._full(key))
-        except NoSuchFileError:
-            pass
 
     async def delete_many(self, keys: Iterable[str]) -> None:
         full = [self._full(validate_key(k)) for k in keys]
@@ -557,10 +553,9 @@ class S3Backend(Backend):
             etag = (await self._request("put_object", key=_PROBE_KEY, **params)).get("ETag", "")
             honoured = True
             try:
-                await self._request("put_object", key=_PROBE_KEY, IfNoneMatch="*", **params)
-                honoured = False
-            except ConcurrentModificationError:
-                pass
+                with contextlib.suppress(ConcurrentModificationError):  # refused: the condition is honoured
+                    await self._request("put_object", key=_PROBE_KEY, IfNoneMatch="*", **params)
+                    honoured = False
             except TransferError:
                 honoured = False
             if honoured:
@@ -575,10 +570,9 @@ class S3Backend(Backend):
                     honoured = False
                 if honoured:  # and a wrong etag must be refused
                     try:
-                        await self._request("put_object", key=_PROBE_KEY, IfMatch='"0"', **params)
-                        honoured = False
-                    except ConcurrentModificationError:
-                        pass
+                        with contextlib.suppress(ConcurrentModificationError):
+                            await self._request("put_object", key=_PROBE_KEY, IfMatch='"0"', **params)
+                            honoured = False
                     except TransferError:
                         honoured = False
             with contextlib.suppress(JobStoreError):
@@ -859,7 +853,7 @@ class S3Backend(Backend):
             if head is None:
                 raise NoSuchFileError(key)
             info, sse = head
-            lo, hi = _clamp(start, end, info.size)
+            lo, hi = clamp_range(start, end, info.size)
             chunks: list[bytes] = []
 
             async def collect(_offset: int, data: bytes, chunks: list[bytes] = chunks) -> None:
@@ -890,7 +884,7 @@ class S3Backend(Backend):
         if head is None:
             raise NoSuchFileError(key)
         info, sse = head
-        lo, hi = _clamp(start, end, info.size)
+        lo, hi = clamp_range(start, end, info.size)
         whole = (lo, hi) == (0, info.size)
         ranges = byte_ranges(lo, hi, min(self.transfer.part_size, _READ_RANGE))
         results: dict[int, bytes | BaseException] = {}
@@ -1018,12 +1012,6 @@ def _bare(etag: str | None) -> str | None:
 def _quoted(etag: str | None) -> str | None:
     """ETags as HEAD returns them (Ceph RGW leaves the quotes off some responses)."""
     return etag if not etag or etag.startswith('"') else f'"{etag}"'
-
-
-def _clamp(start: int, end: int | None, size: int) -> tuple[int, int]:
-    lo = min(max(start, 0), size)
-    hi = size if end is None else min(max(end, lo), size)
-    return lo, hi
 
 
 def _integrity_error(key: str, info: ObjectInfo) -> IntegrityError:
