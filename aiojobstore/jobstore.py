@@ -68,6 +68,7 @@ _UUID = re.compile(r"^[0-9a-f]{32}$")
 _META_EXECUTABLE = "executable"
 _CONCURRENT_LOADS = 64
 _COPY_CHUNK = 1 << 20
+_JSON_DECODER = json.JSONDecoder()
 
 
 # ------------------------------------------------------------------------------------------------ value types
@@ -127,7 +128,7 @@ class Codec:
             ) from error
 
     def decode(self, data: bytes) -> Job:
-        record = pickle.loads(data) if data[:1] == b"\x80" else json.loads(data)
+        record = pickle.loads(data) if data[:1] == b"\x80" else _JSON_DECODER.decode(data.decode())
         return Job(name=record["name"], data=record["data"], id=record["id"], version=record["version"])
 
 
@@ -199,6 +200,10 @@ def _set_executable(path: str, executable: bool) -> None:
 
 def _file_id_from(key: str, info: ObjectInfo) -> FileID:
     return FileID(key[len("files/") :], info.size, info.metadata.get(_META_EXECUTABLE) == "1")
+
+
+class _StaleJobError(ConcurrentModificationError):
+    """The stored job has another version than the copy being updated."""
 
 
 @dataclass
@@ -366,19 +371,24 @@ class JobStore:
         :class:`NoSuchJobError` when it was deleted."""
         self._require_ready()
         key = _job_key(_check_job_id(job.id or ""))
+        new = Job(job.name, job.data, job.id, job.version + 1)
+        encoded = self.codec.encode(new)  # here, not in edit(): the caller may change job.data meanwhile
+
+        def edit(raw: bytes) -> bytes:
+            stored = self.codec.decode(raw)
+            if stored.version != job.version:
+                raise _StaleJobError(
+                    f"job {job.id!r} is at version {stored.version} in the store but this copy is version "
+                    f"{job.version}: load_job() it again and reapply the change"
+                )
+            return encoded
+
         try:
-            raw, info = await self.backend.get_object(key)
+            await self.backend.update_object(key, edit)
         except NoSuchFileError:
             raise NoSuchJobError(job.id or "") from None
-        stored = self.codec.decode(raw)
-        if stored.version != job.version:
-            raise ConcurrentModificationError(
-                f"job {job.id!r} is at version {stored.version} in the store but this copy is version "
-                f"{job.version}: load_job() it again and reapply the change"
-            )
-        new = Job(job.name, job.data, job.id, job.version + 1)
-        try:
-            await self.backend.put_bytes(key, self.codec.encode(new), if_match=info.etag)
+        except _StaleJobError:
+            raise
         except ConcurrentModificationError:
             raise ConcurrentModificationError(
                 f"job {job.id!r} was changed by another writer during this update: load_job() it again"
@@ -389,10 +399,7 @@ class JobStore:
         """Delete a job and the files written for it with ``cleanup=True``. Idempotent."""
         self._require_ready()
         _check_job_id(job_id)
-        cleanup_prefix = f"files/c/{_shard(job_id)}/{job_id}/"
-        keys = [info.key async for info in self.backend.list(cleanup_prefix)]
-        if keys:
-            await self.backend.delete_many(keys)
+        await self.backend.delete_prefix(f"files/c/{_shard(job_id)}/{job_id}/")
         await self.backend.delete(_job_key(job_id))
 
     async def job_exists(self, job_id: str) -> bool:

@@ -215,6 +215,49 @@ async def test_delete_job_removes_its_cleanup_files(store, other, count):
     await other.delete_job(job.id)  # idempotent
 
 
+# ---------------------------------------------------------------------------- backend primitives under jobs
+
+
+async def test_update_object_never_loses_an_increment(store, other):
+    await store.backend.put_bytes("counter", b"0")
+
+    async def increment(backend) -> None:
+        while True:
+            try:
+                await backend.update_object("counter", lambda raw: str(int(raw) + 1).encode())
+                return
+            except ConcurrentModificationError:
+                await anyio.lowlevel.checkpoint()
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(12):
+            tasks.start_soon(increment, (store if index % 2 else other).backend)
+    assert await other.backend.get_bytes("counter") == b"12"
+
+
+async def test_update_object_whose_edit_raises_keeps_the_object(store):
+    await store.backend.put_bytes("record", b"old")
+
+    def refuse(raw: bytes) -> bytes:
+        raise ValueError(f"refusing {raw!r}")
+
+    with pytest.raises(ValueError, match="refusing b'old'"):
+        await store.backend.update_object("record", refuse)
+    assert await store.backend.get_bytes("record") == b"old"
+    with pytest.raises(NoSuchFileError):
+        await store.backend.update_object("no-such-record", lambda raw: raw)
+    assert await store.backend.stat("no-such-record") is None
+
+
+async def test_delete_prefix_deletes_only_under_the_prefix(store, other):
+    for key in ["d/job1/a", "d/job1/sub/b", "d/job10/c", "d/job1x", "e/job1/d"]:
+        await store.backend.put_bytes(key, key.encode())
+    await other.backend.delete_prefix("d/job1/")
+    left = sorted([info.key async for info in store.backend.list("")])
+    assert [key for key in left if key.startswith(("d/", "e/"))] == ["d/job10/c", "d/job1x", "e/job1/d"]
+    await other.backend.delete_prefix("d/job1/")  # nothing left there: not an error
+
+
 # ---------------------------------------------------------------------------------------------------- files
 
 

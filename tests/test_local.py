@@ -21,13 +21,20 @@ async def backend(tmp_path):
 
 
 @pytest.mark.parametrize("key", ["../outside", "a/../../outside", "/etc/passwd", "a//b", "./a", "a\\..\\b",
-                                 ".ajs-tmp-x", "a/.ajs-locks/0", ""])
+                                 ".ajs-tmp-x", "a/.ajs-locks/0", "", "a/..", "a/.", "a/", "name\n", "a\n/b"])
 async def test_keys_that_could_escape_or_clash_are_refused(backend, tmp_path, key):
     with pytest.raises(InvalidKeyError):
         await backend.put_bytes(key, b"x")
     with pytest.raises(InvalidKeyError):
         await backend.get_bytes(key)
     assert not (tmp_path / "outside").exists()
+
+
+@pytest.mark.parametrize("key", ["...", ".hidden", "a/..b/c", "é/ü", "x" * 200])
+async def test_unusual_but_safe_keys_are_stored_inside_the_root(backend, key):
+    await backend.put_bytes(key, b"kept")
+    assert await backend.get_bytes(key) == b"kept"
+    assert backend.path_of(key).startswith(backend.root + os.sep)
 
 
 async def test_metadata_and_data_are_committed_together(backend):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from os import PathLike
@@ -24,7 +24,9 @@ from ..transfer import ProgressCallback, TransferConfig, TransferLimits
 META_CRC32C = "ajs-crc32c"
 META_KEY_SHA256 = "ajs-key-sha256"
 
-_KEY_SEGMENT = re.compile(r"^[^\x00-\x1f\\]+$")
+_KEY_SEGMENT = re.compile(r"[^\x00-\x1f\\]+")
+# Only keys that pass every check of validate_key, for the common case in one match.
+_VALID_KEY = re.compile(r"(?!\.\.?(?:/|$))[^/\x00-\x1f\\]+(?:/(?!\.\.?(?:/|$))[^/\x00-\x1f\\]+)*")
 
 
 def validate_key(key: str) -> str:
@@ -33,6 +35,8 @@ def validate_key(key: str) -> str:
     Safe means: non-empty ``/``-separated segments, none of them ``.`` or ``..``, no leading ``/``, no
     backslash or control character. Nothing that passes can name a path outside the store's root.
     """
+    if isinstance(key, str) and _VALID_KEY.fullmatch(key):
+        return key
     if not isinstance(key, str) or not key:
         raise InvalidKeyError(f"an object key must be a non-empty string, not {key!r}")
     if key.startswith("/"):
@@ -42,7 +46,7 @@ def validate_key(key: str) -> str:
             raise InvalidKeyError(
                 f"object key {key!r} has an empty, '.' or '..' segment; keys may not leave or skip levels of the store"
             )
-        if not _KEY_SEGMENT.match(segment):
+        if not _KEY_SEGMENT.fullmatch(segment):
             raise InvalidKeyError(f"object key {key!r} contains a backslash or a control character")
     return key
 
@@ -148,6 +152,14 @@ class Backend(ABC):
         """Store ``data`` atomically. ``if_absent``: fail if the key exists; ``if_match``: fail unless the
         stored object's etag is this one. Either failure raises ``ConcurrentModificationError``."""
 
+    async def update_object(self, key: str, edit: Callable[[bytes], bytes], *,
+                            metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """Replace an object with ``edit(current bytes)`` as one compare-and-swap. Raises ``NoSuchFileError`` if
+        it is missing and ``ConcurrentModificationError`` if another writer replaced it in between; an
+        exception from ``edit`` leaves the object as it was. ``edit`` may run in a worker thread."""
+        data, info = await self.get_object(key)
+        return await self.put_bytes(key, edit(data), metadata=metadata, if_match=info.etag)
+
     @abstractmethod
     async def upload_file(self, path: str | PathLike[str], key: str, *, metadata: dict[str, str] | None = None,
                           encrypted: bool = False, progress: ProgressCallback | None = None) -> ObjectInfo:
@@ -170,6 +182,12 @@ class Backend(ABC):
         """Delete several objects (missing ones are ignored)."""
         for key in keys:
             await self.delete(key)
+
+    async def delete_prefix(self, prefix: str) -> None:
+        """Delete every object whose key starts with ``prefix`` (nothing there is not an error)."""
+        keys = [info.key async for info in self.list(prefix)]
+        if keys:
+            await self.delete_many(keys)
 
     @abstractmethod
     def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
