@@ -606,7 +606,8 @@ async def cmd_ls(args: argparse.Namespace) -> int:
                 _say(f"  {job.id}  v{job.version}  {job.name}{mark}")
         if show_all or args.files:
             prefix = "" if ref.path.startswith("shared") else ref.path
-            files = sorted([info async for info in store.backend.list("files/" + prefix)], key=lambda i: i.key)
+            files = sorted([info async for info in store.backend.list("files/" + prefix, metadata=False)],
+                           key=lambda i: i.key)
             total = sum(info.size for info in files)
             _say(f"files ({len(files)}, {size(total)} bytes):" if not args.human else
                  f"files ({len(files)}, {size(total)}):")
@@ -614,7 +615,7 @@ async def cmd_ls(args: argparse.Namespace) -> int:
             for info in files:
                 _say(f"  {size(info.size):>{width}}  {info.key[len('files/') :]}")
         if show_all or args.shared:
-            shared = sorted([info async for info in store.backend.list("shared/")], key=lambda i: i.key)
+            shared = sorted([info async for info in store.backend.list("shared/", metadata=False)], key=lambda i: i.key)
             _say(f"shared ({len(shared)}):")
             width = max((len(size(info.size)) for info in shared), default=1)
             for info in shared:

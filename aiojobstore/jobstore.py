@@ -414,7 +414,7 @@ class JobStore:
     async def jobs(self) -> AsyncIterator[Job]:
         """Every job in the store (loaded concurrently, yielded in no particular order)."""
         self._require_ready()
-        keys = [info.key async for info in self.backend.list("jobs/")]
+        keys = [info.key async for info in self.backend.list("jobs/", metadata=False)]
         for start in range(0, len(keys), _CONCURRENT_LOADS):
             loaded: list[Job] = []
 
@@ -634,10 +634,10 @@ class JobStore:
         mark them read; with ``read_all`` also the logs read before. Returns how many were passed on. A log
         whose callback raises stays unread."""
         self._require_ready()
-        inbox = sorted([info.key async for info in self.backend.list("logs/inbox/")])
+        inbox = sorted([info.key async for info in self.backend.list("logs/inbox/", metadata=False)])
         count = 0
         if read_all:
-            archived = sorted([info.key async for info in self.backend.list("logs/archive/")],
+            archived = sorted([info.key async for info in self.backend.list("logs/archive/", metadata=False)],
                               key=lambda k: k.rsplit("/", 1)[-1])
             for key in archived:
                 try:
@@ -826,7 +826,7 @@ class JobStore:
         """Counts for ``aiojobstore status``: jobs, files, file bytes, shared files, unread logs."""
         self._require_ready()
         counts = {"jobs": 0, "files": 0, "file_bytes": 0, "shared_files": 0, "unread_logs": 0}
-        async for info in self.backend.list(""):
+        async for info in self.backend.list("", metadata=False):
             top = info.key.split("/", 1)[0]
             if top == "jobs":
                 counts["jobs"] += 1

@@ -233,6 +233,14 @@ async def iter_file_slices(path: str | os.PathLike[str], offset: int, length: in
         os.close(fd)
 
 
+async def iter_buffer_slices(buffer: Any, slice_size: int = IO_SLICE_SIZE) -> AsyncIterator[memoryview]:
+    """A buffer as memoryview slices of ``slice_size`` (no copy): aiohttp sends many moderate slices several
+    times faster than one large ``bytes`` body."""
+    view = memoryview(buffer).cast("B")
+    for start in range(0, len(view), slice_size):
+        yield view[start : start + slice_size]
+
+
 def clamp_range(start: int, end: int | None, size: int) -> tuple[int, int]:
     """The byte range ``[start, end)`` cut to an object of ``size`` bytes (``end=None``: to the end)."""
     lo = min(max(start, 0), size)
@@ -284,6 +292,79 @@ class MemoryBudget:
         if self._changed is not None:
             self._changed.set()
             self._changed = None
+
+
+class PartBuffer:
+    """One part of a write stream: a part-sized buffer, filled to ``length``, holding ``part_size`` bytes of
+    the store's memory budget until :meth:`done`."""
+
+    __slots__ = ("_owner", "data", "length")
+
+    def __init__(self, owner: PartBuffers, data: bytearray) -> None:
+        self.data: bytearray | None = data
+        self.length = 0
+        self._owner = owner
+
+    @property
+    def view(self) -> memoryview:
+        assert self.data is not None, "a part buffer is used after done()"
+        return memoryview(self.data)[: self.length]
+
+    def done(self, *, reuse: bool) -> None:
+        """Give back the memory reservation. ``reuse=True`` only once nothing refers to the bytes any more (the
+        upload succeeded): the buffer then serves a later part without faulting in fresh pages."""
+        if self.data is not None:
+            self._owner._give_back(self.data if reuse else None)
+            self.data = None
+
+
+class PartBuffers:
+    """Cuts a written stream into parts of ``part_size`` bytes for background uploads: one copy per byte into
+    a pooled buffer, each buffer holding a reservation of the store-wide :class:`MemoryBudget`, so writers
+    wait (backpressure) rather than buffer more than the budget allows."""
+
+    def __init__(self, budget: MemoryBudget, part_size: int, *, keep: int) -> None:
+        self.budget = budget
+        self.part_size = part_size
+        self.current: PartBuffer | None = None
+        self._free: list[bytearray] = []
+        self._keep = keep
+
+    async def write(self, data: Any, hand_off: Callable[[PartBuffer], Awaitable[None]]) -> int:
+        """Append ``data``; every part that fills up goes to ``hand_off``, which owns it from then on."""
+        view = memoryview(data).cast("B")
+        n = len(view)
+        while view:
+            part = self.current
+            if part is None:
+                await self.budget.acquire(self.part_size)
+                part = self.current = PartBuffer(self, self._free.pop() if self._free else bytearray(self.part_size))
+            assert part.data is not None
+            take = min(len(view), self.part_size - part.length)
+            part.data[part.length : part.length + take] = view[:take]
+            part.length += take
+            view = view[take:]
+            if part.length == self.part_size:
+                self.current = None
+                await hand_off(part)
+        return n
+
+    def take_current(self) -> PartBuffer | None:
+        """The partly filled part, if any (the tail of the stream); the caller owns it from then on."""
+        part, self.current = self.current, None
+        return part
+
+    def close(self) -> None:
+        """Drop the unfinished part and the pool (parts handed off are released by their owners)."""
+        if self.current is not None:
+            self.current.done(reuse=False)
+            self.current = None
+        self._free.clear()
+
+    def _give_back(self, data: bytearray | None) -> None:
+        self.budget.release(self.part_size)
+        if data is not None and len(self._free) < self._keep:
+            self._free.append(data)
 
 
 class TransferLimits:

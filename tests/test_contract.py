@@ -249,6 +249,15 @@ async def test_update_object_whose_edit_raises_keeps_the_object(store):
     assert await store.backend.stat("no-such-record") is None
 
 
+async def test_list_without_metadata_lists_the_same_keys_and_sizes(store, other):
+    await store.backend.put_bytes("l/a", b"12", metadata={"note": "x"})
+    await store.backend.put_bytes("l/b/c", b"345")
+    full = sorted([(i.key, i.size) async for i in other.backend.list("l/")])
+    bare = sorted([(i.key, i.size) async for i in other.backend.list("l/", metadata=False)])
+    assert full == bare == [("l/a", 2), ("l/b/c", 3)]
+    assert [i.metadata.get("note") async for i in other.backend.list("l/a")] == ["x"]
+
+
 async def test_delete_prefix_deletes_only_under_the_prefix(store, other):
     for key in ["d/job1/a", "d/job1/sub/b", "d/job10/c", "d/job1x", "e/job1/d"]:
         await store.backend.put_bytes(key, key.encode())

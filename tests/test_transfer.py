@@ -11,8 +11,11 @@ import crc32c as reference_crc32c
 import pytest
 
 from aiojobstore.transfer import (
+    MemoryBudget,
     MiB,
     Part,
+    PartBuffer,
+    PartBuffers,
     PartWindow,
     Progress,
     RetryPolicy,
@@ -177,3 +180,54 @@ async def test_progress_calls_sync_and_async_callbacks():
     sync_seen: list[int] = []
     await Progress(lambda done, total: sync_seen.append(done), None).advance(3)
     assert seen == [(4, 10), (10, 10)] and sync_seen == [3]
+
+
+# ------------------------------------------------------------------------------------------------ part buffers
+
+
+async def test_part_buffers_cut_a_stream_into_parts_and_reuse_released_buffers():
+    budget = MemoryBudget(100)
+    buffers = PartBuffers(budget, 10, keep=2)
+    handed: list[bytes] = []
+    seen_ids: list[int] = []
+
+    async def hand_off(part: PartBuffer) -> None:
+        handed.append(bytes(part.view))
+        seen_ids.append(id(part.data))
+        part.done(reuse=True)
+
+    assert await buffers.write(b"0123456789abcdefghijklmnopqrstu", hand_off) == 31
+    assert handed == [b"0123456789", b"abcdefghij", b"klmnopqrst"]
+    assert len(set(seen_ids)) == 1  # each released buffer served the next part
+    tail = buffers.take_current()
+    assert tail is not None and bytes(tail.view) == b"u"
+    assert budget.in_use == 10  # only the tail still holds its reservation
+    tail.done(reuse=False)
+    buffers.close()
+    assert budget.in_use == 0
+
+
+async def test_part_buffers_wait_for_the_memory_budget():
+    budget = MemoryBudget(20)
+    buffers = PartBuffers(budget, 10, keep=1)
+    held: list[PartBuffer] = []
+
+    async def hand_off(part: PartBuffer) -> None:
+        held.append(part)  # an upload still running: the reservation stays taken
+
+    await buffers.write(b"x" * 20, hand_off)
+    assert budget.in_use == 20
+    written: list[int] = []
+
+    async def write_more() -> None:
+        written.append(await buffers.write(b"y", hand_off))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(write_more)
+        await anyio.wait_all_tasks_blocked()
+        assert written == []  # a third buffer does not fit until one is released
+        held.pop().done(reuse=True)
+    assert written == [1] and budget.in_use == 20
+    buffers.close()
+    held.pop().done(reuse=False)
+    assert budget.in_use == 0

@@ -185,13 +185,14 @@ class Backend(ABC):
 
     async def delete_prefix(self, prefix: str) -> None:
         """Delete every object whose key starts with ``prefix`` (nothing there is not an error)."""
-        keys = [info.key async for info in self.list(prefix)]
+        keys = [info.key async for info in self.list(prefix, metadata=False)]
         if keys:
             await self.delete_many(keys)
 
     @abstractmethod
-    def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, in no promised order."""
+    def list(self, prefix: str = "", *, metadata: bool = True) -> AsyncIterator[ObjectInfo]:
+        """Every object whose key starts with ``prefix``, in no promised order. With ``metadata=False`` the
+        infos' metadata may be left empty, which spares a request per object on S3."""
 
     @abstractmethod
     async def copy(self, src: str, dst: str, *, metadata: dict[str, str] | None = None) -> ObjectInfo:

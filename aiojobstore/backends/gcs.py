@@ -85,6 +85,8 @@ from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
     MiB,
     Part,
+    PartBuffer,
+    PartBuffers,
     PartWindow,
     Progress,
     ProgressCallback,
@@ -98,6 +100,7 @@ from ..transfer import (
     crc32c_from_b64,
     crc32c_to_b64,
     file_range_crc32c,
+    iter_buffer_slices,
     iter_file_slices,
     plan_parts,
     unlink_quietly,
@@ -166,73 +169,66 @@ def _normalise_host(host: str) -> str:
 
 
 class _GCSWriter:
-    """The stream handed out by ``open_writer``: buffers one part, uploads full parts in the background.
-
-    Each part buffer holds a reservation of ``part_size`` bytes of the store's memory budget until its upload
-    has finished, so a writer holds at most ``max_concurrency + 1`` parts."""
+    """The stream handed out by ``open_writer``: buffers one part, uploads full parts in the background as
+    temporary objects (composed at the end). Part buffers come from :class:`PartBuffers`, so a writer holds at
+    most ``max_concurrency + 1`` parts of the store's memory budget."""
 
     def __init__(self, backend: GCSBackend, window: PartWindow, upload_id: str, encrypted: bool) -> None:
         self.backend = backend
         self.window = window
         self.upload_id = upload_id
         self.encrypted = encrypted
-        self.part_size = max(1, backend.transfer.part_size)
+        self.buffers = PartBuffers(backend.limits.memory, max(1, backend.transfer.part_size),
+                                   keep=backend.transfer.max_concurrency + 1)
         self.bytes_written = 0
-        self.buffer: list[bytes] = []
-        self.buffered = 0
-        self.reserved = 0
         self.part_names: list[str] = []
         self.uploaded: dict[str, tuple[str, int, int]] = {}
 
     async def write(self, data: Buffer) -> int:
-        view = memoryview(data).cast("B")
-        n = len(view)
-        while view:
-            if not self.reserved:
-                await self.backend.limits.memory.acquire(self.part_size)
-                self.reserved = self.part_size
-            take = min(len(view), self.part_size - self.buffered)
-            self.buffer.append(bytes(view[:take]))
-            self.buffered += take
-            view = view[take:]
-            if self.buffered >= self.part_size:
-                await self.flush_part()
+        n = await self.buffers.write(data, self._hand_off)
         self.bytes_written += n
         return n
 
-    async def flush_part(self) -> None:
-        """Hand the buffered bytes to a background upload as the next part."""
-        data = self.take_tail()
-        reserved, self.reserved = self.reserved, 0
+    async def flush_tail(self) -> None:
+        """Hand the partly filled last buffer to a background upload as the last part."""
+        tail = self.buffers.take_current()
+        if tail is not None:
+            await self._hand_off(tail)
+
+    def take_tail(self) -> bytes:
+        """The buffered bytes of a stream that never filled a part (its only content)."""
+        tail = self.buffers.take_current()
+        if tail is None:
+            return b""
+        data = bytes(tail.view)
+        tail.done(reuse=False)
+        return data
+
+    async def _hand_off(self, part: PartBuffer) -> None:
         name = self.backend._tmp_name(self.upload_id, f"p{len(self.part_names) + 1:06d}")
         self.part_names.append(name)
 
         async def upload() -> None:
+            sent = False
             try:
-                crc = await crc32c_async(data)
-                await self.backend._upload_part(name, data, crc=crc, encrypted=self.encrypted)
-                self.uploaded[name] = (name, crc, len(data))
+                crc = await crc32c_async(part.view)
+                await self.backend._upload_part(name, part.view, crc=crc, encrypted=self.encrypted)
+                self.uploaded[name] = (name, crc, part.length)
+                sent = True
             finally:
-                self.backend.limits.memory.release(reserved)
+                part.done(reuse=sent)
 
         try:
             await self.window.submit(upload)
         except BaseException:
-            self.backend.limits.memory.release(reserved)
+            part.done(reuse=False)
             raise
-
-    def take_tail(self) -> bytes:
-        data = b"".join(self.buffer)
-        self.buffer, self.buffered = [], 0
-        return data
 
     def parts(self) -> list[tuple[str, int, int]]:
         return [self.uploaded[name] for name in self.part_names]
 
     def release(self) -> None:
-        if self.reserved:
-            self.backend.limits.memory.release(self.reserved)
-            self.reserved = 0
+        self.buffers.close()
 
 
 class GCSBackend(Backend):
@@ -467,7 +463,7 @@ class GCSBackend(Backend):
             await progress.advance(length)
         return resource_out or {}
 
-    async def _upload_part(self, name: str, data: bytes | None, *, crc: int, encrypted: bool,
+    async def _upload_part(self, name: str, data: Buffer | None, *, crc: int, encrypted: bool,
                            file_range: tuple[str | PathLike[str], int, int] | None = None,
                            progress: Progress | None = None) -> None:
         """Upload one temporary part as a plain media upload (no metadata, so no multipart framing); the CRC32C
@@ -478,7 +474,7 @@ class GCSBackend(Backend):
 
         def body() -> Any:
             if data is not None:
-                return data
+                return iter_buffer_slices(data, self.transfer.io_slice_size)
             path, offset, size = file_range  # type: ignore[misc]
             return iter_file_slices(path, offset, size, self.transfer.io_slice_size)
 
@@ -885,8 +881,8 @@ class GCSBackend(Backend):
             async with PartWindow(self.transfer.max_concurrency) as window:
                 writer = _GCSWriter(self, window, upload_id, encrypted)
                 yield writer
-                if writer.part_names and writer.buffered:
-                    await writer.flush_part()  # the last part of a composed object
+                if writer.part_names:
+                    await writer.flush_tail()  # the last part of a composed object
             if not writer.part_names:
                 data = writer.take_tail()
                 meta = {**(metadata or {}), **self.encryption_metadata(encrypted)}
@@ -966,7 +962,7 @@ class GCSBackend(Backend):
             if not token:
                 return
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str = "", *, metadata: bool = True) -> AsyncIterator[ObjectInfo]:
         internal = (self.root + TMP_DIR, self.root + CONTAINER_MARKER)
         async for resource in self._list_resources(self.root + prefix):
             if resource["name"].startswith(internal):

@@ -557,13 +557,14 @@ class LocalBackend(Backend):
                 elif key.startswith(prefix) and entry.is_file(follow_symlinks=False):
                     try:
                         st = entry.stat(follow_symlinks=False)
-                        found.append(_info(key, entry.path, st) if with_metadata else ObjectInfo(key, st.st_size))
+                        found.append(_info(key, entry.path, st) if with_metadata else
+                                     ObjectInfo(key, st.st_size, _etag(st), st.st_mtime))
                     except FileNotFoundError:
                         continue
         return found
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        for info in await anyio.to_thread.run_sync(self._scan, prefix):
+    async def list(self, prefix: str = "", *, metadata: bool = True) -> AsyncIterator[ObjectInfo]:
+        for info in await anyio.to_thread.run_sync(lambda: self._scan(prefix, with_metadata=metadata)):
             yield info
 
     async def copy(self, src: str, dst: str, *, metadata: dict[str, str] | None = None) -> ObjectInfo:

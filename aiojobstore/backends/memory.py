@@ -160,7 +160,7 @@ class MemoryBackend(Backend):
         with self._box.lock:
             self._box.objects.pop(key, None)
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+    async def list(self, prefix: str = "", *, metadata: bool = True) -> AsyncIterator[ObjectInfo]:
         with self._box.lock:
             infos = [info for k, (_, info) in self._box.objects.items() if k.startswith(prefix)]
         for info in infos:

@@ -23,9 +23,13 @@ How data moves:
   again, every reader can verify the stream like any other object, and the object's content is the same before
   and after the copy, so the write stays atomic. The alternative of a sidecar checksum object was rejected: it
   can disagree with its object after a crash.
-- Reads HEAD the object (size, etag, metadata, whether it needs the SSE-C key), then GET ranges pinned to that
-  etag with ``If-Match``. A dropped connection resumes from the byte offset reached. Whole-object reads verify
-  the CRC32C; a mismatch is retried once (``get_object``, ``download_file``) and then raises ``IntegrityError``.
+- A whole-object ``get_object`` is one GET: its response headers carry the size, ETag and metadata a HEAD
+  would give. Ranged reads, read streams and downloads HEAD the object first (size, etag, metadata, whether it
+  needs the SSE-C key), then GET ranges pinned to that etag with ``If-Match``. A dropped connection resumes
+  from the byte offset reached, pinned to the ETag of the first response. Received pieces go to their
+  destination as aiohttp hands them over (no copy here); downloads write them with one thread hop per ~4 MiB.
+  Whole-object reads verify the CRC32C; a mismatch is retried once (``get_object``, ``download_file``) and
+  then raises ``IntegrityError``.
 
 Conditional writes: ``if_absent`` sends ``If-None-Match: *`` and ``if_match`` sends ``If-Match: <etag>`` on
 PutObject (and CompleteMultipartUpload). moto 5.2 and Ceph RGW 16 honour both on PutObject. Servers that ignore
@@ -51,7 +55,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from os import PathLike
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -70,6 +74,8 @@ from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
     MiB,
     Part,
+    PartBuffer,
+    PartBuffers,
     PartWindow,
     Progress,
     ProgressCallback,
@@ -84,6 +90,7 @@ from ..transfer import (
     crc32c_from_b64,
     crc32c_to_b64,
     file_range_crc32c,
+    iter_buffer_slices,
     plan_parts,
     run_parts,
     with_retries,
@@ -95,6 +102,7 @@ if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger("aiojobstore.s3")
+T = TypeVar("T")
 
 #: Marker object under the prefix: present when this store created the bucket (so ``destroy`` may remove it).
 CREATED_BUCKET_MARKER = ".aiojobstore-created-bucket"
@@ -182,9 +190,8 @@ class _SliceBody:
 
     async def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
         if self.buffer is not None:
-            view = memoryview(self.buffer)[: self.length]
-            for start in range(0, self.length, self.slice_size):
-                yield view[start : start + self.slice_size]
+            async for piece in iter_buffer_slices(memoryview(self.buffer)[: self.length], self.slice_size):
+                yield piece
             return
         assert self.path is not None
         fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
@@ -460,17 +467,7 @@ class S3Backend(Backend):
 
     async def _head(self, key: str) -> tuple[ObjectInfo, dict[str, Any]] | None:
         """HEAD an object; returns its info and the SSE-C parameters its reads need (None when missing)."""
-        sse: dict[str, Any] = {}
-        try:
-            response = await self._head_raw(key)
-        except (EncryptionKeyError, TransferError) as error:
-            if _http_status(error.__cause__) != 400:
-                raise
-            if self.sse_key is None:
-                raise EncryptionKeyError(f"{key!r} is encrypted (SSE-C): open the store with the sse_key it was "
-                                         "written with") from None
-            sse = self._sse(True)
-            response = await self._head_raw(key, sse)
+        response, sse = await self._with_sse_retry(key, lambda sse: self._head_raw(key, sse))
         if response is None:
             return None
         info = self._info(key, response)
@@ -506,13 +503,17 @@ class S3Backend(Backend):
             except NoSuchFileError:
                 return
 
-    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        """Every object under ``prefix`` with its metadata (one HEAD per object, run in parallel per page)."""
+    async def list(self, prefix: str = "", *, metadata: bool = True) -> AsyncIterator[ObjectInfo]:
+        """Every object under ``prefix``; with ``metadata`` (one HEAD per object, in parallel per page) its
+        user metadata too, which ListObjectsV2 does not return."""
         page: list[dict[str, Any]] = []
         try:
             async for entry in self._list_raw(self.root + prefix):
                 key = entry["Key"][len(self.root):]
                 if key in _HIDDEN:
+                    continue
+                if not metadata:
+                    yield self._listed_info(key, entry)
                     continue
                 page.append(entry)
                 if len(page) == 200:
@@ -524,6 +525,11 @@ class S3Backend(Backend):
         for info in await self._with_metadata(page):
             yield info
 
+    @staticmethod
+    def _listed_info(key: str, entry: dict[str, Any]) -> ObjectInfo:
+        modified = entry.get("LastModified")
+        return ObjectInfo(key, entry.get("Size", 0), entry.get("ETag"), modified.timestamp() if modified else None)
+
     async def _with_metadata(self, entries: list[dict[str, Any]]) -> list[ObjectInfo]:
         async def one(part: Part) -> ObjectInfo | None:
             entry = entries[part.number - 1]
@@ -532,11 +538,7 @@ class S3Backend(Backend):
                 head = await self._head(key)
             except EncryptionKeyError:
                 head = None
-            if head is not None:
-                return head[0]
-            modified = entry.get("LastModified")
-            return ObjectInfo(key, entry.get("Size", 0), entry.get("ETag"),
-                              modified.timestamp() if modified else None, {})
+            return head[0] if head is not None else self._listed_info(key, entry)
 
         parts = [Part(i + 1, 0, 0) for i in range(len(entries))]
         infos = await run_parts(parts, one, max_concurrency=16)
@@ -707,7 +709,6 @@ class S3Backend(Backend):
         try:
             async with PartWindow(self.transfer.max_concurrency) as window:
                 writer.window = window
-                await writer.start()
                 yield writer
                 await writer.send_last_part()
                 await window.wait()
@@ -715,6 +716,8 @@ class S3Backend(Backend):
         except BaseException:
             await writer.fail()  # after the window has cancelled and awaited its part uploads
             raise
+        finally:
+            writer.parts.close()
 
     # ------------------------------------------------------------------ copies
 
@@ -798,43 +801,49 @@ class S3Backend(Backend):
     # ------------------------------------------------------------------ reads
 
     async def _stream_range(self, key: str, start: int, end: int, etag: str | None, sse: dict[str, Any],
-                            sink: Callable[[int, bytes], Awaitable[None]]) -> None:
-        """GET ``[start, end)`` pinned to ``etag`` and feed it to ``sink(offset, data)`` in ~1 MiB pieces; a
-        dropped connection resumes at the offset reached (retried per the store's policy)."""
+                            sink: Callable[[int, list[bytes]], Awaitable[None]], *, group: int | None = None,
+                            first_response: dict[str, Any] | None = None) -> None:
+        """GET ``[start, end)`` pinned to ``etag`` and feed it to ``sink(offset, pieces)`` in groups of about
+        ``group`` bytes (the pieces as received, never copied here); a dropped connection resumes at the offset
+        reached (retried per the store's policy). ``first_response`` is a GET already sent for ``start``."""
         if end <= start:
             return
         client = await self.client()
         position = start
-        slice_size = self.transfer.io_slice_size
+        group = group or self.transfer.io_slice_size
 
         async def once() -> None:
-            nonlocal position
-            params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key),
-                                      "Range": f"bytes={position}-{end - 1}", **sse}
-            if etag:
-                params["IfMatch"] = etag
-            async with self.limits.requests:
-                response = await client.get_object(**params)
-                body = response["Body"]
-                try:
-                    pending = bytearray()
-                    while position + len(pending) < end:
-                        chunk = await body.read(min(slice_size, end - position - len(pending)))
-                        if not chunk:
-                            from botocore.exceptions import IncompleteReadError
+            nonlocal position, first_response
+            if first_response is not None:
+                response, first_response = first_response, None
+            else:
+                params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key),
+                                          "Range": f"bytes={position}-{end - 1}", **sse}
+                if etag:
+                    params["IfMatch"] = etag
+                async with self.limits.requests:
+                    response = await client.get_object(**params)
+            body = response["Body"]
+            try:
+                pieces: list[bytes] = []
+                held = 0
+                while position + held < end:
+                    chunk = await body.read(min(group, end - position - held))
+                    if not chunk:
+                        from botocore.exceptions import IncompleteReadError
 
-                            raise IncompleteReadError(actual_bytes=position + len(pending) - start,
-                                                      expected_bytes=end - start)
-                        pending += chunk
-                        if len(pending) >= slice_size:
-                            data, pending = bytes(pending), bytearray()
-                            await sink(position, data)
-                            position += len(data)
-                    if pending:
-                        await sink(position, bytes(pending))
-                        position += len(pending)
-                finally:
-                    body.close()
+                        raise IncompleteReadError(actual_bytes=position + held - start, expected_bytes=end - start)
+                    pieces.append(chunk)
+                    held += len(chunk)
+                    if held >= group:
+                        await sink(position, pieces)
+                        position += held
+                        pieces, held = [], 0
+                if pieces:
+                    await sink(position, pieces)
+                    position += held
+            finally:
+                body.close()
 
         try:
             await with_retries(once, policy=self.retry_policy, is_retryable=_is_retryable,
@@ -845,26 +854,72 @@ class S3Backend(Backend):
                 translated = _ReplacedWhileReading(f"{key!r} was replaced while it was being read; read it again")
             raise translated from error
 
+    async def _with_sse_retry(self, key: str,
+                              call: Callable[[dict[str, Any]], Awaitable[T]]) -> tuple[T, dict[str, Any]]:
+        """``call(sse)`` without the SSE-C key, then with it when the server says the object is encrypted
+        (HTTP 400); returns the result and the SSE-C parameters that worked."""
+        try:
+            return await call({}), {}
+        except (EncryptionKeyError, TransferError) as error:
+            if _http_status(error.__cause__) != 400:
+                raise
+            if self.sse_key is None:
+                raise EncryptionKeyError(f"{key!r} is encrypted (SSE-C): open the store with the sse_key it was "
+                                         "written with") from None
+            sse = self._sse(True)
+            return await call(sse), sse
+
+    async def _get_whole(self, key: str) -> tuple[bytes, ObjectInfo]:
+        """One GET for the whole object (its headers give the info a HEAD would); a dropped connection
+        resumes from the offset reached, pinned to the ETag of the first response."""
+
+        async def get(sse: dict[str, Any]) -> dict[str, Any]:
+            return await self._request("get_object", key=key, Bucket=self.bucket, Key=self._full(key), **sse)
+
+        response, sse = await self._with_sse_retry(key, get)
+        info = self._info(key, response)
+        try:
+            self.check_encryption(key, info.metadata)
+        except EncryptionKeyError:
+            response["Body"].close()
+            raise
+        pieces: list[bytes] = []
+
+        async def collect(_offset: int, data: list[bytes]) -> None:
+            pieces.extend(data)
+
+        await self._stream_range(key, 0, info.size, info.etag, sse, collect, group=max(info.size, 1),
+                                 first_response=response)
+        if info.size == 0:
+            response["Body"].close()
+        return b"".join(pieces), info
+
     async def get_object(self, key: str, *, start: int = 0, end: int | None = None) -> tuple[bytes, ObjectInfo]:
         validate_key(key)
+        whole = start == 0 and end is None
         mismatches = 0
         for _ in range(_MAX_REREADS):
-            head = await self._head(key)
-            if head is None:
-                raise NoSuchFileError(key)
-            info, sse = head
-            lo, hi = clamp_range(start, end, info.size)
-            chunks: list[bytes] = []
-
-            async def collect(_offset: int, data: bytes, chunks: list[bytes] = chunks) -> None:
-                chunks.append(data)
-
             try:
-                await self._stream_range(key, lo, hi, info.etag, sse, collect)
+                if whole:
+                    data, info = await self._get_whole(key)
+                else:
+                    head = await self._head(key)
+                    if head is None:
+                        raise NoSuchFileError(key)
+                    info, sse = head
+                    lo, hi = clamp_range(start, end, info.size)
+                    pieces: list[bytes] = []
+
+                    async def collect(_offset: int, data: list[bytes], pieces: list[bytes] = pieces) -> None:
+                        pieces.extend(data)
+
+                    await self._stream_range(key, lo, hi, info.etag, sse, collect)
+                    data = b"".join(pieces)
+                    if (lo, hi) != (0, info.size):
+                        return data, info
             except _ReplacedWhileReading:
-                continue  # a writer replaced the object between HEAD and GET: read the new version whole
-            data = b"".join(chunks)
-            if (lo, hi) != (0, info.size) or await self._crc_ok(info, await crc32c_async(data), len(data)):
+                continue  # a writer replaced the object while it was read: read the new version whole
+            if await self._crc_ok(info, await crc32c_async(data), len(data)):
                 return data, info
             mismatches += 1
             if mismatches == 2:
@@ -887,19 +942,19 @@ class S3Backend(Backend):
         lo, hi = clamp_range(start, end, info.size)
         whole = (lo, hi) == (0, info.size)
         ranges = byte_ranges(lo, hi, min(self.transfer.part_size, _READ_RANGE))
-        results: dict[int, bytes | BaseException] = {}
+        results: dict[int, list[bytes] | BaseException] = {}
         ready = {r.number: anyio.Event() for r in ranges}
         slots = anyio.Semaphore(_READ_AHEAD)
 
         async def fetch(part: Part) -> None:
             pieces: list[bytes] = []
 
-            async def collect(_offset: int, data: bytes) -> None:
-                pieces.append(data)
+            async def collect(_offset: int, data: list[bytes]) -> None:
+                pieces.extend(data)
 
             try:
                 await self._stream_range(key, part.offset, part.end, info.etag, sse, collect)
-                results[part.number] = b"".join(pieces)
+                results[part.number] = pieces
             except Exception as error:
                 results[part.number] = error
             finally:
@@ -919,9 +974,10 @@ class S3Backend(Backend):
                 if isinstance(result, BaseException):
                     raise result
                 if whole:
-                    value = crc32c(result, value) if len(result) < 256 * 1024 else await anyio.to_thread.run_sync(
-                        crc32c, result, value)
-                yield result
+                    value = (_crc32c_pieces(result, value) if sum(map(len, result)) < 256 * 1024
+                             else await anyio.to_thread.run_sync(_crc32c_pieces, result, value))
+                for piece in result:
+                    yield piece
             if whole and not await self._crc_ok(info, value, hi - lo):
                 raise _integrity_error(key, info)
 
@@ -971,16 +1027,16 @@ class S3Backend(Backend):
             async def fetch(part: Part) -> int:
                 value = 0
 
-                def work(offset: int, data: bytes, crc: int) -> int:
-                    write_file_range(fd, offset, [data])
-                    return crc32c(data, crc)
+                def work(offset: int, pieces: list[bytes], crc: int) -> int:
+                    write_file_range(fd, offset, pieces)
+                    return _crc32c_pieces(pieces, crc)
 
-                async def write(offset: int, data: bytes) -> None:
+                async def write(offset: int, pieces: list[bytes]) -> None:
                     nonlocal value
-                    value = await anyio.to_thread.run_sync(work, offset, data, value)
-                    await report.advance(len(data))
+                    value = await anyio.to_thread.run_sync(work, offset, pieces, value)
+                    await report.advance(sum(map(len, pieces)))
 
-                await self._stream_range(key, part.offset, part.end, info.etag, sse, write)
+                await self._stream_range(key, part.offset, part.end, info.etag, sse, write, group=_WRITE_GROUP)
                 return value
 
             crcs = await run_parts(ranges, fetch, max_concurrency=cfg.max_concurrency)
@@ -1003,6 +1059,14 @@ class _ReplacedWhileReading(TransferError):
 
 
 _MAX_REREADS = 8
+#: Bytes received per thread hop of a download (a pwrite and a CRC32C of the pieces as received).
+_WRITE_GROUP = 4 * MiB
+
+
+def _crc32c_pieces(pieces: list[bytes], value: int = 0) -> int:
+    for piece in pieces:
+        value = crc32c(piece, value)
+    return value
 
 
 def _bare(etag: str | None) -> str | None:
@@ -1108,82 +1172,68 @@ class _S3Writer:
         self.metadata = metadata
         self.if_absent = if_absent
         self.encrypted = encrypted
-        self.part_size = max(backend.transfer.part_size, backend.transfer.min_part_size)
+        transfer = backend.transfer
+        self.parts = PartBuffers(backend.limits.memory, max(transfer.part_size, transfer.min_part_size),
+                                 keep=transfer.max_concurrency + 1)
         self.bytes_written = 0
-        self._buffer = bytearray()
-        self._reserved = 0
         self._upload: _MultipartUpload | None = None
         self.window: PartWindow | None = None
         self._crcs: dict[int, tuple[int, int]] = {}
         self._next_part = 1
         self._closed = False
 
-    async def start(self) -> None:
-        await self._reserve()
-
-    async def _reserve(self) -> None:
-        await self.backend.limits.memory.acquire(self.part_size)
-        self._reserved += self.part_size
-
-    def _release(self, n: int) -> None:
-        self._reserved -= n
-        self.backend.limits.memory.release(n)
-
     async def write(self, data: Buffer) -> int:
         if self._closed:
             raise ValueError("write to a closed S3 writer")
-        view = memoryview(data).cast("B")
-        n = len(view)
-        while view:
-            room = self.part_size - len(self._buffer)
-            self._buffer += view[:room]
-            view = view[room:]
-            if len(self._buffer) >= self.part_size:
-                await self._hand_off()
+        n = await self.parts.write(data, self._hand_off)
         self.bytes_written += n
         return n
 
-    async def _hand_off(self) -> None:
-        b = self.backend
-        if self._upload is None:
-            self._upload = _MultipartUpload(b, self.key, b._write_metadata(self.metadata, self.encrypted, None),
-                                            self.encrypted, if_absent=self.if_absent)
-            await self._upload.start()
-        assert self.window is not None
-        buffer, self._buffer = self._buffer, bytearray()
-        number = self._next_part
-        self._next_part += 1
-        reserved, self._reserved = self._reserved, 0  # the reservation moves with the buffer to its upload job
-        await self.window.submit(self._send, number, buffer, reserved)
-        await self._reserve()
-
-    async def _send(self, number: int, buffer: bytearray, reserved: int) -> None:
+    async def _hand_off(self, part: PartBuffer) -> None:
         try:
-            crc = await crc32c_async(buffer)
-            self._crcs[number] = (crc, len(buffer))
-            part = Part(number, 0, len(buffer))
+            b = self.backend
+            if self._upload is None:
+                self._upload = _MultipartUpload(b, self.key, b._write_metadata(self.metadata, self.encrypted, None),
+                                                self.encrypted, if_absent=self.if_absent)
+                await self._upload.start()
+            assert self.window is not None
+            number = self._next_part
+            self._next_part += 1
+            await self.window.submit(self._send, number, part)
+        except BaseException:
+            part.done(reuse=False)
+            raise
+
+    async def _send(self, number: int, part: PartBuffer) -> None:
+        sent = False
+        try:
+            crc = await crc32c_async(part.view)
+            self._crcs[number] = (crc, part.length)
             assert self._upload is not None
             slice_size = self.backend.transfer.io_slice_size
-            await self._upload.send_part(part, lambda p: _SliceBody(length=p.length, buffer=buffer,
-                                                                    slice_size=slice_size), crc, None)
+            await self._upload.send_part(Part(number, 0, part.length),
+                                         lambda p: _SliceBody(length=p.length, buffer=part.view,
+                                                              slice_size=slice_size), crc, None)
+            sent = True
         finally:
-            self.backend.limits.memory.release(reserved)
+            part.done(reuse=sent)
 
     async def send_last_part(self) -> None:
         """On a clean exit: hand the buffered tail to the window (multipart only)."""
         self._closed = True
-        if self._upload is not None and self._buffer:
-            await self._hand_off()
         if self._upload is not None:
-            self._release(self._reserved)
+            tail = self.parts.take_current()
+            if tail is not None:
+                await self._hand_off(tail)
 
     async def complete(self) -> ObjectInfo:
         """Commit: one PutObject for a short stream, else complete the upload and record the checksum."""
         b = self.backend
         if self._upload is None:
-            data = bytes(self._buffer)
-            self._buffer = bytearray()
-            self._release(self._reserved)
+            tail = self.parts.take_current()
+            data = bytes(tail.view) if tail is not None else b""
+            if tail is not None:
+                tail.done(reuse=False)
             crc = await crc32c_async(data)
             meta = b._write_metadata(self.metadata, self.encrypted, crc)
             body: Any = data if len(data) <= MiB else (
@@ -1209,9 +1259,6 @@ class _S3Writer:
         with anyio.CancelScope(shield=True):
             if self._upload is not None:
                 await self._upload.abort()
-            if self._reserved:
-                self._release(self._reserved)
-            self._buffer = bytearray()
 
 
 _OPTION_NAMES = ("endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
