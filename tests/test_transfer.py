@@ -23,6 +23,7 @@ from aiojobstore.transfer import (
     crc32c_combine,
     file_range_crc32c,
     plan_parts,
+    preallocate,
     run_parts,
     with_retries,
 )
@@ -231,3 +232,17 @@ async def test_part_buffers_wait_for_the_memory_budget():
     buffers.close()
     held.pop().done(reuse=False)
     assert budget.in_use == 0
+
+
+def test_preallocate_gives_the_file_its_size(tmp_path):
+    path = tmp_path / "download.part"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        preallocate(fd, 3 * MiB, str(path))
+        assert os.fstat(fd).st_size == 3 * MiB
+        os.pwrite(fd, b"tail", 3 * MiB - 4)
+        assert os.pread(fd, 8, 3 * MiB - 8) == b"\0\0\0\0tail"
+        preallocate(fd, 0, str(path))  # an empty object: an empty file
+        assert os.fstat(fd).st_size == 0
+    finally:
+        os.close(fd)

@@ -103,6 +103,7 @@ from ..transfer import (
     iter_buffer_slices,
     iter_file_slices,
     plan_parts,
+    preallocate,
     unlink_quietly,
     with_retries,
     write_file_range,
@@ -836,7 +837,7 @@ class GCSBackend(Backend):
         fd = await anyio.to_thread.run_sync(lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
         pieces: list[tuple[int, int, int]] = []
         try:
-            await anyio.to_thread.run_sync(os.ftruncate, fd, size)
+            await anyio.to_thread.run_sync(preallocate, fd, size, tmp)
 
             async def sink(offset: int, data: bytes) -> None:
                 def work() -> int:

@@ -92,6 +92,7 @@ from ..transfer import (
     file_range_crc32c,
     iter_buffer_slices,
     plan_parts,
+    preallocate,
     run_parts,
     with_retries,
     write_file_range,
@@ -1019,7 +1020,7 @@ class S3Backend(Backend):
         fd, temp = await anyio.to_thread.run_sync(lambda: tempfile.mkstemp(
             dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".part"))
         try:
-            await anyio.to_thread.run_sync(os.ftruncate, fd, info.size)
+            await anyio.to_thread.run_sync(preallocate, fd, info.size, target)
             cfg = self.transfer
             ranges = byte_ranges(0, info.size, choose_part_size(
                 info.size, cfg.part_size, max_parts=cfg.max_parts, min_part_size=cfg.min_part_size))
