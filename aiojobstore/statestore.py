@@ -55,24 +55,27 @@ class StateStore:
     async def compare_and_set(self, workflow_id: str, key: str, expected: str | None, value: str) -> bool:
         """Set ``value`` only if the current value is ``expected``; returns whether it was set."""
         object_key = self._key(workflow_id, key)
+
+        def edit(current: bytes) -> bytes:
+            if current.decode() != expected:
+                raise _NotExpected
+            return value.encode()
+
         try:
-            data, info = await self.backend.get_object(object_key)
-        except NoSuchFileError:
-            data, info = None, None
-        current = None if data is None else data.decode()
-        if current != expected:
-            return False
-        try:
-            if info is None:
+            if expected is None:
                 await self.backend.put_bytes(object_key, value.encode(), if_absent=True)
             else:
-                await self.backend.put_bytes(object_key, value.encode(), if_match=info.etag)
-        except ConcurrentModificationError:
+                await self.backend.update_object(object_key, edit)
+        except (_NotExpected, NoSuchFileError, ConcurrentModificationError):
             return False
         return True
 
     async def close(self) -> None:
         await self.backend.close()
+
+
+class _NotExpected(Exception):
+    """The stored value is not the one a compare-and-set expected."""
 
 
 class WorkflowState(str, enum.Enum):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import anyio
 import pytest
 
 from aiojobstore import InvalidKeyError
@@ -63,3 +64,18 @@ async def test_compare_and_set_has_one_winner(state):
     assert not await state.compare_and_set("wf", "k", None, "b")
     assert await state.compare_and_set("wf", "k", "a", "c")
     assert await state.get("wf", "k") == "c"
+
+
+async def test_concurrent_compare_and_sets_from_one_value_have_one_winner(state):
+    await state.set("wf", "k", "start")
+    winners: list[str] = []
+
+    async def attempt(value: str) -> None:
+        if await state.compare_and_set("wf", "k", "start", value):
+            winners.append(value)
+
+    async with anyio.create_task_group() as tasks:
+        for index in range(10):
+            tasks.start_soon(attempt, f"v{index}")
+    assert len(winners) == 1
+    assert await state.get("wf", "k") == winners[0]
