@@ -118,8 +118,13 @@ def byte_ranges(start: int, end: int, part_size: int) -> list[Part]:
 # --------------------------------------------------------------------------------------------------- checksums
 
 
-def crc32c(data: bytes | bytearray | memoryview, value: int = 0) -> int:
-    """CRC32C of ``data``, continuing from ``value``. Releases the GIL on large buffers."""
+def crc32c(data: bytes | bytearray | memoryview | list[bytes], value: int = 0) -> int:
+    """CRC32C of ``data`` (a buffer, or a list of buffers taken in order), continuing from ``value``. Releases
+    the GIL on large buffers."""
+    if isinstance(data, list):
+        for piece in data:
+            value = _crc32c.crc32c(piece, value)
+        return value
     return _crc32c.crc32c(data, value)
 
 
@@ -178,11 +183,11 @@ def crc32c_from_b64(text: str) -> int:
     return int.from_bytes(base64.b64decode(text), "big")
 
 
-async def crc32c_async(data: bytes | bytearray | memoryview) -> int:
-    """CRC32C computed in a worker thread when ``data`` is large enough for the hop to pay."""
-    if len(data) < 256 * 1024:
-        return crc32c(data)
-    return await anyio.to_thread.run_sync(crc32c, data)
+async def crc32c_async(data: bytes | bytearray | memoryview | list[bytes], value: int = 0) -> int:
+    """:func:`crc32c`, computed in a worker thread when ``data`` is large enough for the hop to pay."""
+    if (sum(map(len, data)) if isinstance(data, list) else len(data)) < 256 * 1024:
+        return crc32c(data, value)
+    return await anyio.to_thread.run_sync(crc32c, data, value)
 
 
 def file_range_crc32c(path: str | os.PathLike[str], offset: int, length: int, slice_size: int = 4 * MiB) -> int:

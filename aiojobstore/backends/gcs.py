@@ -786,8 +786,7 @@ class GCSBackend(Backend):
                     data = results.pop(part.number)
                     slots.release()
                     if whole:
-                        running = crc32c(data, running) if len(data) < 256 * 1024 else await anyio.to_thread.run_sync(
-                            crc32c, data, running)
+                        running = await crc32c_async(data, running)
                     yield data
                 if whole and not all(running == want for want in self._expected_crcs(resource)):
                     raise IntegrityError(f"{key!r}: the bytes read do not match the CRC32C recorded for the object; "

@@ -975,8 +975,7 @@ class S3Backend(Backend):
                 if isinstance(result, BaseException):
                     raise result
                 if whole:
-                    value = (_crc32c_pieces(result, value) if sum(map(len, result)) < 256 * 1024
-                             else await anyio.to_thread.run_sync(_crc32c_pieces, result, value))
+                    value = await crc32c_async(result, value)
                 for piece in result:
                     yield piece
             if whole and not await self._crc_ok(info, value, hi - lo):
@@ -1030,7 +1029,7 @@ class S3Backend(Backend):
 
                 def work(offset: int, pieces: list[bytes], crc: int) -> int:
                     write_file_range(fd, offset, pieces)
-                    return _crc32c_pieces(pieces, crc)
+                    return crc32c(pieces, crc)
 
                 async def write(offset: int, pieces: list[bytes]) -> None:
                     nonlocal value
@@ -1062,13 +1061,6 @@ class _ReplacedWhileReading(TransferError):
 _MAX_REREADS = 8
 #: Bytes received per thread hop of a download (a pwrite and a CRC32C of the pieces as received).
 _WRITE_GROUP = 4 * MiB
-
-
-def _crc32c_pieces(pieces: list[bytes], value: int = 0) -> int:
-    for piece in pieces:
-        value = crc32c(piece, value)
-    return value
-
 
 def _bare(etag: str | None) -> str | None:
     return None if etag is None else etag.strip('"')
