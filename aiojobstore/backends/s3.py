@@ -825,11 +825,12 @@ class S3Backend(Backend):
                 async with self.limits.requests:
                     response = await client.get_object(**params)
             body = response["Body"]
+            read = _chunk_reader(body)
             try:
                 pieces: list[bytes] = []
                 held = 0
                 while position + held < end:
-                    chunk = await body.read(min(group, end - position - held))
+                    chunk = await read(min(group, end - position - held))
                     if not chunk:
                         from botocore.exceptions import IncompleteReadError
 
@@ -1052,6 +1053,24 @@ class S3Backend(Backend):
             if temp:
                 with contextlib.suppress(OSError):
                     os.unlink(temp)
+
+
+def _chunk_reader(body: Any) -> Callable[[int], Awaitable[bytes]]:
+    """``read(limit)`` returning the next piece of ``body`` as received. On aiohttp that is the buffered piece
+    itself (``StreamReader.readchunk``), never a join of several (a copy of every byte, 7% of a download's
+    profile); elsewhere ``body.read(limit)``. A response body never holds more than its Content-Length, so a
+    piece cannot run past the requested range."""
+    content = getattr(getattr(body, "raw_stream", None), "content", None)
+    if content is None or not hasattr(content, "readchunk"):
+        return body.read
+
+    async def read(_limit: int) -> bytes:
+        while True:
+            data, at_chunk_end = await content.readchunk()
+            if data or not at_chunk_end:  # (b"", True) only marks the end of a chunked-encoding chunk
+                return data
+
+    return read
 
 
 class _ReplacedWhileReading(TransferError):
