@@ -7,6 +7,7 @@ keeps the same promises:
   is cancelled) leaves the store as it was;
 * ``update_job`` is optimistic: it raises :class:`ConcurrentModificationError` when the stored job is newer
   than the one being written, and the check and the write are one atomic step (a conditional write);
+  ``write_config`` likewise refuses to overwrite a config written by someone else since it was read;
 * deletes are idempotent.
 
 Object layout under the store's root::
@@ -232,6 +233,7 @@ class JobStore:
         self.locator = locator or backend.describe()
         self.codec = Codec(codec)
         self.config: dict[str, Any] = {}
+        self._config_etag: str | None = None
         self.public_url_expires = public_url_expires
         self._backend_options = backend_options or {}
         self._ready = False
@@ -265,9 +267,10 @@ class JobStore:
         await self.backend.create()
         self.config = {**(config or {}), "aiojobstore_format": STORE_FORMAT, "codec": self.codec.name}
         try:
-            await self.backend.put_bytes(CONFIG_KEY, json.dumps(self.config).encode(), if_absent=True)
+            info = await self.backend.put_bytes(CONFIG_KEY, json.dumps(self.config).encode(), if_absent=True)
         except ConcurrentModificationError:
             raise JobStoreExistsError(self.locator) from None
+        self._config_etag = info.etag
         self._ready = True
 
     async def resume(self) -> None:
@@ -275,17 +278,26 @@ class JobStore:
         if not await self.backend.exists():
             raise NoSuchJobStoreError(self.locator)
         try:
-            raw = await self.backend.get_bytes(CONFIG_KEY)
+            raw, info = await self.backend.get_object(CONFIG_KEY)
         except NoSuchFileError:
             raise NoSuchJobStoreError(self.locator, "the location exists but holds no job store") from None
         self.config = json.loads(raw)
+        self._config_etag = info.etag
         self.codec = Codec(self.config.get("codec", self.codec.name))
         self._ready = True
 
     async def write_config(self) -> None:
-        """Persist :attr:`config` (changed by the caller) atomically."""
+        """Persist :attr:`config` (changed by the caller) atomically. Raises :class:`ConcurrentModificationError`
+        when another process wrote the config since this object read it (the stored config is kept)."""
         self._require_ready()
-        await self.backend.put_bytes(CONFIG_KEY, json.dumps(self.config).encode())
+        try:
+            info = await self.backend.put_bytes(CONFIG_KEY, json.dumps(self.config).encode(),
+                                                if_match=self._config_etag)
+        except (ConcurrentModificationError, NoSuchFileError):
+            raise ConcurrentModificationError(
+                f"the config of {self.locator} was changed (or deleted) by someone else since this store read it: call "
+                "resume() to read the current config, then apply your change again") from None
+        self._config_etag = info.etag
 
     async def destroy(self) -> None:
         """Delete the store and everything in it. Idempotent; works on a damaged or never-created store."""

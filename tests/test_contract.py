@@ -83,6 +83,23 @@ async def test_config_is_persisted(store, other):
     await third.close()
 
 
+async def test_write_config_refuses_to_overwrite_a_newer_config(store, other):
+    other.config["writer"] = "other"
+    await other.write_config()
+    store.config["writer"] = "store"
+    with pytest.raises(ConcurrentModificationError, match="resume"):
+        await store.write_config()
+    third = open_target_like(store)
+    await third.resume()
+    assert third.config["writer"] == "other"
+    await store.resume()
+    store.config["writer"] = "store"
+    await store.write_config()
+    await third.resume()
+    assert third.config["writer"] == "store"
+    await third.close()
+
+
 def open_target_like(job_store: JobStore) -> JobStore:
     from aiojobstore import open_store
 
