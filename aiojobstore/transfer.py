@@ -14,10 +14,13 @@ import errno
 import inspect
 import logging
 import math
+import mmap
 import os
 import random
+import tempfile
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -44,7 +47,9 @@ class TransferConfig:
     ``part_size`` bytes per part (grown so no object needs more than ``max_parts``); ``max_concurrency`` parts in
     flight per transfer; ``max_requests`` requests in flight and ``max_memory`` bytes buffered for the whole store;
     each request is tried ``max_attempts`` times with jittered exponential backoff from ``backoff_base`` up to
-    ``backoff_max`` seconds, giving up once ``retry_deadline`` seconds have passed.
+    ``backoff_max`` seconds, giving up once ``retry_deadline`` seconds have passed. With ``direct_io``, downloads
+    of at least one part write to disk with ``O_DIRECT`` where the filesystem allows it (see
+    :class:`DownloadTarget`); ``False`` keeps every download in the page cache.
     """
 
     part_size: int = DEFAULT_PART_SIZE
@@ -58,6 +63,7 @@ class TransferConfig:
     backoff_max: float = 10.0
     retry_deadline: float = 300.0
     io_slice_size: int = IO_SLICE_SIZE
+    direct_io: bool = True
 
     def __post_init__(self) -> None:
         if self.part_size < 1:
@@ -289,6 +295,174 @@ def write_file_range(fd: int, offset: int, chunks: Sequence[bytes | memoryview])
     return done
 
 
+#: Alignment of O_DIRECT writes (file offset, length and memory): a page, which every Linux block device accepts.
+DIRECT_IO_ALIGN = 4096
+
+
+class DownloadTarget:
+    """The temp file a download writes beside ``target``: ranges go in at their offsets from worker threads,
+    then :meth:`commit` fsyncs it and renames it onto ``target``, or :meth:`discard` removes it. Every method
+    blocks; call them in a worker thread.
+
+    With ``direct_io``, each range is written with ``O_DIRECT`` from a reused page-aligned staging buffer, so
+    the bytes skip the page cache: a large download does not fill the cache (and a container's memory limit)
+    with dirty pages, and the fsync before the rename finds nothing left to flush. Measured on this project's
+    2-core VM: 2.5-3.1 GB/s with no system CPU, against 0.4-0.7 GB/s and 1.6-2.5 s of system CPU per GiB
+    through the page cache. Filesystems that refuse ``O_DIRECT`` (tmpfs, some FUSE) and ranges that do not
+    start on a page boundary are written through the page cache as before.
+    """
+
+    def __init__(self, target: str, size: int, *, direct_io: bool = False, stage_size: int = MiB) -> None:
+        self.target = target
+        self.fd, self.temp = tempfile.mkstemp(dir=os.path.dirname(target) or ".",
+                                              prefix=f".{os.path.basename(target)}.", suffix=".part")
+        self.direct_fd = -1
+        self._direct_refused = False
+        self.stage_size = max(DIRECT_IO_ALIGN, stage_size - stage_size % DIRECT_IO_ALIGN)
+        self._free_stages: list[mmap.mmap] = []
+        self._lock = threading.Lock()
+        try:
+            preallocate(self.fd, size, target)
+            if direct_io and hasattr(os, "O_DIRECT"):
+                with contextlib.suppress(OSError):
+                    self.direct_fd = os.open(self.temp, os.O_WRONLY | os.O_DIRECT)
+        except BaseException:
+            self.discard()
+            raise
+
+    @property
+    def direct(self) -> bool:
+        """Whether ranges are still written with ``O_DIRECT``."""
+        return self.direct_fd >= 0 and not self._direct_refused
+
+    def range_writer(self, offset: int) -> RangeWriter:
+        """A writer for the range starting at ``offset``, fed in order."""
+        return RangeWriter(self, offset)
+
+    def commit(self) -> None:
+        """Flush the file to disk and rename it onto the target."""
+        os.fsync(self.fd)
+        os.replace(self.temp, self.target)
+        self.temp = ""
+        self._close()
+
+    def discard(self) -> None:
+        """Close and remove the temp file (a no-op after :meth:`commit`)."""
+        self._close()
+        if self.temp:
+            unlink_quietly(self.temp)
+            self.temp = ""
+
+    def _close(self) -> None:
+        for fd in (self.fd, self.direct_fd):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self.fd = self.direct_fd = -1
+        with self._lock:
+            for stage in self._free_stages:
+                stage.close()
+            self._free_stages.clear()
+
+    def _take_stage(self) -> mmap.mmap:
+        with self._lock:
+            if self._free_stages:
+                return self._free_stages.pop()
+        return mmap.mmap(-1, self.stage_size, flags=mmap.MAP_PRIVATE)  # anonymous memory is page-aligned
+
+    def _give_stage(self, stage: mmap.mmap) -> None:
+        with self._lock:
+            if self.fd >= 0:
+                self._free_stages.append(stage)
+                return
+        stage.close()
+
+    def _write_direct(self, view: memoryview, offset: int) -> bool:
+        """Write page-aligned ``view`` at ``offset`` with O_DIRECT; False if the filesystem refused it, in which
+        case it went through the page cache, as every later write of this file will."""
+        written = 0
+        if self.direct:
+            try:
+                written = os.pwrite(self.direct_fd, view, offset)
+            except OSError as error:
+                if error.errno != errno.EINVAL:
+                    raise
+                self._direct_refused = True  # the fd stays open: other threads may be using it
+        if written < len(view):  # refused, or a short write that would leave the rest unaligned
+            write_file_range(self.fd, offset + written, [view[written:]])
+        return self.direct
+
+
+class RangeWriter:
+    """Writes one range of a :class:`DownloadTarget` in order: through a staging buffer with ``O_DIRECT`` when
+    the target allows it and the range starts on a page boundary, else with plain ``pwrite``."""
+
+    def __init__(self, target: DownloadTarget, offset: int) -> None:
+        self.target = target
+        self.position = offset  # file offset of the staged bytes' first byte
+        self.staged = 0
+        self._stage: mmap.mmap | None = None
+        self._direct = target.direct and offset % DIRECT_IO_ALIGN == 0
+
+    def write(self, offset: int, pieces: Sequence[bytes | memoryview]) -> None:
+        """Write ``pieces`` at ``offset``, which must be where the previous write ended."""
+        if offset != self.position + self.staged:
+            raise TransferError(f"range write at {offset} does not follow the previous one "
+                                f"(expected {self.position + self.staged}); this is a bug in aiojobstore")
+        if self._direct:
+            pieces = self._stage_pieces(pieces)
+        if pieces:
+            self.position += write_file_range(self.target.fd, self.position, pieces)
+
+    def _stage_pieces(self, pieces: Sequence[bytes | memoryview]) -> Sequence[bytes | memoryview]:
+        """Copy ``pieces`` into the staging buffer, writing each full one; return what is left if the
+        filesystem refused O_DIRECT on the way."""
+        if self._stage is None:
+            self._stage = self.target._take_stage()
+        stage = self._stage
+        capacity = len(stage)
+        for index, piece in enumerate(pieces):
+            source = memoryview(piece).cast("B")
+            while source:
+                take = min(len(source), capacity - self.staged)
+                stage[self.staged : self.staged + take] = source[:take]
+                self.staged += take
+                source = source[take:]
+                if self.staged == capacity:
+                    self._flush()
+                    if not self._direct:
+                        return [source, *pieces[index + 1 :]]
+        self._flush()
+        return []
+
+    def _flush(self) -> None:
+        """Write the staged whole pages and keep a partial page's bytes staged (all of them through the page
+        cache once O_DIRECT has been refused)."""
+        assert self._stage is not None
+        whole = self.staged - self.staged % DIRECT_IO_ALIGN
+        with memoryview(self._stage) as view:
+            if whole:
+                self._direct = self.target._write_direct(view[:whole], self.position)
+                self.position += whole
+                self.staged -= whole
+                view[: self.staged] = view[whole : whole + self.staged]
+            if not self._direct and self.staged:
+                self.position += write_file_range(self.target.fd, self.position, [view[: self.staged]])
+                self.staged = 0
+
+    def close(self) -> None:
+        """Write what is still staged (the range's last partial page) and give the buffer back."""
+        if self._stage is None:
+            return
+        if self.staged:
+            with memoryview(self._stage) as view:
+                write_file_range(self.target.fd, self.position, [view[: self.staged]])
+            self.position += self.staged
+            self.staged = 0
+        stage, self._stage = self._stage, None
+        self.target._give_stage(stage)
+
+
 # ------------------------------------------------------------------------------------------- limits, progress
 
 
@@ -390,12 +564,44 @@ class PartBuffers:
             self._free.append(data)
 
 
+class DownloadShare:
+    """Shares a store's parallel range streams among the downloads running at once. Each download may have
+    ``max_concurrency // downloads`` ranges in flight (at least one), re-read whenever it starts a range, and
+    its ranges grow as its share shrinks, so that one download still gets the whole window of ``part_size``
+    ranges while sixteen at once get one stream each, and a 128 MiB object one GET instead of three. The
+    server does less work that way: measured on Ceph RGW, 16 x 128 MiB at once, one GET per file 747-869 MB/s,
+    three GETs per file (one stream each) 644-741, three streams per file 597-747."""
+
+    def __init__(self, max_concurrency: int) -> None:
+        self.max_concurrency = max_concurrency
+        self.downloads = 0
+
+    def window(self) -> int:
+        """Ranges one download may have in flight now."""
+        return max(1, self.max_concurrency // max(1, self.downloads))
+
+    def range_size(self, part_size: int) -> int:
+        """Bytes per ranged GET for a download starting now: ``part_size`` times the streams it gives up."""
+        return part_size * -(-self.max_concurrency // self.window())
+
+    @contextlib.contextmanager
+    def joined(self) -> Iterator[DownloadShare]:
+        """Count one more download while the block runs."""
+        self.downloads += 1
+        try:
+            yield self
+        finally:
+            self.downloads -= 1
+
+
 class TransferLimits:
-    """Store-wide caps: requests in flight and bytes held in memory, shared by every transfer of one store."""
+    """Store-wide caps: requests in flight and bytes held in memory, shared by every transfer of one store, and
+    the share of parallel range streams each download gets."""
 
     def __init__(self, config: TransferConfig) -> None:
         self.requests = anyio.CapacityLimiter(config.max_requests)
         self.memory = MemoryBudget(config.max_memory)
+        self.downloads = DownloadShare(config.max_concurrency)
 
 
 ProgressCallback = Callable[[int, int | None], Any]
@@ -479,12 +685,15 @@ class PartWindow:
     host task itself is never cancelled by a failing job.
     """
 
-    def __init__(self, max_concurrency: int) -> None:
+    def __init__(self, max_concurrency: int, *, share: Callable[[], int] | None = None) -> None:
         self.max_concurrency = max_concurrency
         self.error: BaseException | None = None
         self._task_group: Any = None
         self._slots = anyio.Semaphore(max_concurrency)
         self._scopes: set[anyio.CancelScope] = set()
+        self._share = share
+        self._in_flight = 0
+        self._job_done = anyio.Event()
 
     async def __aenter__(self) -> PartWindow:
         self._task_group = anyio.create_task_group()
@@ -499,9 +708,17 @@ class PartWindow:
         """Start ``job(*args)`` as soon as a slot is free."""
         self.raise_if_failed()
         await self._slots.acquire()
+        try:
+            while self._share is not None and self._in_flight >= self._share() and self.error is None:
+                self._job_done = anyio.Event()
+                await self._job_done.wait()
+        except BaseException:
+            self._slots.release()
+            raise
         if self.error is not None:
             self._slots.release()
             self.raise_if_failed()
+        self._in_flight += 1
         scope = anyio.CancelScope()
         self._scopes.add(scope)
         self._task_group.start_soon(self._run, scope, job, args)
@@ -520,6 +737,8 @@ class PartWindow:
                 self._cancel_all()
         finally:
             self._scopes.discard(scope)
+            self._in_flight -= 1
+            self._job_done.set()
             self._slots.release()
 
     async def wait(self) -> None:
@@ -542,16 +761,17 @@ class PartWindow:
         return False
 
 
-async def run_parts(parts: Iterable[Part], job: Callable[[Part], Awaitable[T]], *, max_concurrency: int) -> list[T]:
+async def run_parts(parts: Iterable[Part], job: Callable[[Part], Awaitable[T]], *, max_concurrency: int,
+                    share: Callable[[], int] | None = None) -> list[T]:
     """Run ``job`` over ``parts`` in a sliding window; results in part order. The first failure cancels the rest
-    and is raised."""
+    and is raised. ``share()``, when given, narrows the window further each time a part is about to start."""
     parts = list(parts)
     results: dict[int, T] = {}
 
     async def one(part: Part) -> None:
         results[part.number] = await job(part)
 
-    async with PartWindow(max_concurrency) as window:
+    async with PartWindow(max_concurrency, share=share) as window:
         for part in parts:
             await window.submit(one, part)
     return [results[p.number] for p in parts]

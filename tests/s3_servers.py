@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import random
 import socket
@@ -123,6 +124,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.injected: dict[str, int] = {"503": 0, "500": 0, "reset": 0, "cut": 0}
         self.requests = 0
+        self.methods: collections.Counter[str] = collections.Counter()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -151,6 +153,7 @@ class FaultProxy:
     def _fate(self, method: bytes) -> str:
         with self.lock:
             self.requests += 1
+            self.methods[method.decode()] += 1
             if self.random.random() >= self.rate:
                 return "pass"
             fates = ["503", "500", "reset"] + (["cut", "cut"] if method == b"GET" else [])

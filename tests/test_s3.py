@@ -296,6 +296,31 @@ async def test_faulty_network_keeps_every_byte_intact(server: S3Server, tmp_path
     assert proxy.injected["cut"] >= 1, proxy.injected
 
 
+async def test_downloads_at_once_share_the_window_with_one_get_each(server: S3Server, tmp_path: Path) -> None:
+    data = random_file(tmp_path / "src", 3 * PART)
+    with FaultProxy(server.endpoint_url, rate=0) as proxy:
+        store = make_backend(server, endpoint_url=proxy.endpoint_url, max_concurrency=4)
+        try:
+            await store.create()
+            await store.upload_file(tmp_path / "src", "obj")
+            before = proxy.methods["GET"]
+            await store.download_file("obj", tmp_path / "alone")
+            alone = proxy.methods["GET"] - before
+            before = proxy.methods["GET"]
+            async with anyio.create_task_group() as tasks:
+                for i in range(4):
+                    tasks.start_soon(store.download_file, "obj", tmp_path / f"together-{i}")
+            together = proxy.methods["GET"] - before
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.destroy()
+                await store.close()
+    assert alone == 3  # alone, a download takes the whole window: one ranged GET per part
+    assert together == 4  # four at once share the window of 4: one stream, so one GET, per download
+    for name in ["alone", *(f"together-{i}" for i in range(4))]:
+        assert (tmp_path / name).read_bytes() == data
+
+
 async def test_input_errors_are_not_retried(backend: S3Backend) -> None:
     with pytest.raises(NoSuchFileError):
         await backend.get_bytes("never/written")

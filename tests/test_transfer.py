@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
+import threading
 
 import anyio
 import anyio.lowlevel
 import crc32c as reference_crc32c
 import pytest
 
+from aiojobstore.errors import TransferError
 from aiojobstore.transfer import (
+    DownloadShare,
+    DownloadTarget,
     MemoryBudget,
     MiB,
     Part,
@@ -246,3 +251,136 @@ def test_preallocate_gives_the_file_its_size(tmp_path):
         assert os.fstat(fd).st_size == 0
     finally:
         os.close(fd)
+
+
+def _accepts_direct_io(directory) -> bool:
+    if not hasattr(os, "O_DIRECT"):
+        return False
+    probe = os.path.join(directory, ".probe")
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644))
+        return True
+    except OSError:
+        return False
+    finally:
+        if os.path.exists(probe):
+            os.unlink(probe)
+
+
+def _write_ranges(file: DownloadTarget, data: bytes, bounds: list[int], seed: int) -> None:
+    """Feed every range of ``data`` to its own writer, in pieces of random sizes, from one thread per range."""
+
+    def one(lo: int, hi: int, rng: random.Random) -> None:
+        writer = file.range_writer(lo)
+        position = lo
+        while position < hi:
+            pieces = []
+            at = position
+            for _ in range(rng.randint(1, 5)):
+                n = min(rng.randint(1, 300_000), hi - at)
+                if n <= 0:
+                    break
+                pieces.append(data[at : at + n])
+                at += n
+            writer.write(position, pieces)
+            position = at
+        writer.close()
+
+    threads = [threading.Thread(target=one, args=(lo, hi, random.Random(seed + lo)))
+               for lo, hi in itertools.pairwise(bounds)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+@pytest.mark.parametrize("direct_io", [True, False])
+def test_download_target_writes_ranges_fed_in_any_pieces_and_renames_on_commit(tmp_path, direct_io):
+    size = 3 * MiB + 12345
+    data = os.urandom(size)
+    target = tmp_path / "out"
+    target.write_bytes(b"the old file")
+    file = DownloadTarget(str(target), size, direct_io=direct_io, stage_size=64 * 1024)
+    assert file.direct == (direct_io and _accepts_direct_io(tmp_path))
+    # page-aligned ranges (O_DIRECT), one ending mid-page, one starting mid-page (page cache), the file's tail
+    _write_ranges(file, data, [0, MiB, MiB + 4096, 2 * MiB + 100, size], seed=3)
+    assert target.read_bytes() == b"the old file"  # nothing is visible before the commit
+    file.commit()
+    assert target.read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_download_target_falls_back_to_the_page_cache_where_o_direct_is_refused(tmp_path):
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or _accepts_direct_io(shm):
+        pytest.skip("needs a filesystem that refuses O_DIRECT (tmpfs before Linux 6.6); /dev/shm accepts it here")
+    target = os.path.join(shm, f"aiojobstore-test-{os.getpid()}")
+    data = os.urandom(MiB + 777)
+    file = DownloadTarget(target, len(data), direct_io=True)
+    try:
+        assert not file.direct
+        _write_ranges(file, data, [0, 512 * 1024, len(data)], seed=5)
+        file.commit()
+        with open(target, "rb") as handle:
+            assert handle.read() == data
+    finally:
+        file.discard()
+        if os.path.exists(target):
+            os.unlink(target)
+
+
+def test_download_target_discard_leaves_the_target_alone_and_writes_must_follow_on(tmp_path):
+    target = tmp_path / "out"
+    target.write_bytes(b"keep me")
+    file = DownloadTarget(str(target), 2 * MiB, direct_io=True)
+    writer = file.range_writer(0)
+    writer.write(0, [b"x" * 10_000])
+    with pytest.raises(TransferError, match="does not follow"):
+        writer.write(20_000, [b"y"])
+    writer.close()
+    file.discard()
+    file.discard()  # idempotent
+    assert target.read_bytes() == b"keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_download_share_splits_the_window_and_lengthens_ranges_as_downloads_join():
+    share = DownloadShare(8)
+    with share.joined():
+        assert share.window() == 8
+        assert share.range_size(50) == 50
+        with share.joined(), share.joined(), share.joined():
+            assert share.window() == 2
+            assert share.range_size(50) == 200
+            with share.joined(), share.joined(), share.joined(), share.joined(), share.joined():
+                assert share.window() == 1
+                assert share.range_size(50) == 400
+    assert share.downloads == 0
+    assert share.window() == 8
+
+
+async def test_window_share_narrows_and_widens_the_parts_in_flight():
+    in_flight = 0
+    peaks: list[int] = []
+    allowed = 1
+
+    async def job(part: Part) -> int:
+        nonlocal in_flight
+        in_flight += 1
+        peaks.append(in_flight)
+        await anyio.sleep(0.005)
+        in_flight -= 1
+        return part.number
+
+    async def widen() -> None:
+        nonlocal allowed
+        await wait_until(lambda: len(peaks) >= 4)
+        allowed = 3
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(widen)
+        results = await run_parts([Part(n, 0, 1) for n in range(1, 21)], job, max_concurrency=8,
+                                  share=lambda: allowed)
+    assert results == list(range(1, 21))
+    assert max(peaks[:4]) == 1  # one at a time while the share was 1
+    assert max(peaks) == 3  # never more than the share, though the window allows 8

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import json
 import logging
@@ -83,6 +84,8 @@ from ..errors import (
 from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
+    DownloadShare,
+    DownloadTarget,
     MiB,
     Part,
     PartBuffer,
@@ -103,10 +106,8 @@ from ..transfer import (
     iter_buffer_slices,
     iter_file_slices,
     plan_parts,
-    preallocate,
-    unlink_quietly,
+    run_parts,
     with_retries,
-    write_file_range,
 )
 from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, validate_key
 
@@ -519,7 +520,7 @@ class GCSBackend(Backend):
                 await self._compose(names[part.number - 1], groups[part.number - 1], metadata=None,
                                     encrypted=encrypted)
 
-            await _run_parts([Part(i + 1, 0, 0) for i in range(len(groups))], one,
+            await run_parts([Part(i + 1, 0, 0) for i in range(len(groups))], one,
                              max_concurrency=self.transfer.max_concurrency)
             sources = names
         return await self._compose(name, sources, metadata=metadata, encrypted=encrypted, params=params, key=key)
@@ -533,7 +534,7 @@ class GCSBackend(Backend):
             await self._request("DELETE", self._object_url(names[part.number - 1]), what="delete",
                                 ok=(200, 204), missing_ok=True)
 
-        await _run_parts([Part(i + 1, 0, 0) for i in range(len(names))], one,
+        await run_parts([Part(i + 1, 0, 0) for i in range(len(names))], one,
                          max_concurrency=max(self.transfer.max_concurrency, 8))
 
     async def _cleanup(self, upload_id: str, names: Iterable[str]) -> None:
@@ -632,9 +633,9 @@ class GCSBackend(Backend):
         return self._key_headers(True) if self._is_encrypted(resource) and self.sse_key is not None else {}
 
     async def _fetch_range(self, name: str, resource: dict[str, Any], start: int, end: int,
-                           sink: Callable[[int, bytes], Awaitable[None]] | None = None) -> list[bytes]:
+                           sink: Callable[[int, list[bytes]], Awaitable[None]] | None = None) -> list[bytes]:
         """GET bytes ``[start, end)`` of one generation; a broken body resumes from the byte it reached.
-        With ``sink``, chunks go to ``sink(offset, data)`` instead of being returned."""
+        With ``sink``, chunks go to ``sink(offset, chunks)`` in groups of about 4 MiB instead of being returned."""
         got: list[bytes] = []
         position = [start]
         params = {"alt": "media", "generation": str(resource["generation"])}
@@ -668,11 +669,11 @@ class GCSBackend(Backend):
                     pending.append(chunk)
                     pending_size += len(chunk)
                     if pending_size >= _WRITE_SLICE:
-                        await sink(pending_at, b"".join(pending))
+                        await sink(pending_at, pending)
                         position[0] += pending_size
                         pending, pending_size, pending_at = [], 0, position[0]
                 if pending:
-                    await sink(pending_at, b"".join(pending))
+                    await sink(pending_at, pending)
                     position[0] += pending_size
                 if position[0] < end:
                     raise _ShortRead(f"{name}: body ended at byte {position[0]} of {end}")
@@ -805,56 +806,61 @@ class GCSBackend(Backend):
     async def download_file(self, key: str, path: str | PathLike[str], *,
                             progress: ProgressCallback | None = None) -> ObjectInfo:
         name, resource = await self._stat_for_read(key)
-        target = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(target))
-        tmp = os.path.join(directory, f".{os.path.basename(target)}.ajs-{uuid.uuid4().hex[:12]}.tmp")
+        target = os.path.abspath(os.fspath(path))
         report = Progress(progress, int(resource.get("size") or 0))
         tries = [0, 0]  # checksum mismatches, replacements seen
-        try:
+        with self.limits.downloads.joined() as share:
             while True:
                 try:
-                    total = await self._download_once(name, resource, tmp, report)
+                    if await self._download_once(name, resource, target, report, share):
+                        return self._info(resource)
+                    mismatch = True
                 except NoSuchFileError:  # the generation we pinned is gone
-                    await report.rewind(report.done)
-                    resource = await self._after_bad_read(key, name, resource, tries, mismatch=False)
-                    continue
-                if all(total == want for want in self._expected_crcs(resource)):
-                    break
+                    mismatch = False
                 await report.rewind(report.done)
-                resource = await self._after_bad_read(key, name, resource, tries, mismatch=True)
-            await anyio.to_thread.run_sync(os.replace, tmp, target)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(unlink_quietly, tmp)
-            raise
-        return self._info(resource)
+                resource = await self._after_bad_read(key, name, resource, tries, mismatch=mismatch)
 
-    async def _download_once(self, name: str, resource: dict[str, Any], tmp: str, report: Progress) -> int:
-        """Fetch one generation into ``tmp`` with parallel ranged GETs; return the CRC32C of what was written."""
+    async def _download_once(self, name: str, resource: dict[str, Any], target: str, report: Progress,
+                             share: DownloadShare) -> bool:
+        """Fetch one generation with parallel ranged GETs (sized and windowed by the store's ``share``) into a
+        temp file beside ``target``, renamed onto it when its CRC32C matches; returns whether it did."""
         size = int(resource.get("size") or 0)
         report.total = size
-        fd = await anyio.to_thread.run_sync(lambda: os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
-        pieces: list[tuple[int, int, int]] = []
+        part_size = max(MiB, self.transfer.part_size)
+        file = await anyio.to_thread.run_sync(functools.partial(
+            DownloadTarget, target, size, direct_io=self.transfer.direct_io and size >= part_size))
         try:
-            await anyio.to_thread.run_sync(preallocate, fd, size, tmp)
+            ranges = byte_ranges(0, size, share.range_size(part_size))
 
-            async def sink(offset: int, data: bytes) -> None:
-                def work() -> int:
-                    write_file_range(fd, offset, [data])
-                    return crc32c(data)
+            async def one(part: Part) -> int:
+                value = 0
+                writer = file.range_writer(part.offset)
 
-                pieces.append((offset, await anyio.to_thread.run_sync(work), len(data)))
-                await report.advance(len(data))
+                def work(offset: int, pieces: list[bytes], crc: int) -> int:
+                    writer.write(offset, pieces)
+                    return crc32c(pieces, crc)
 
-            async def one(part: Part) -> None:
-                await self._fetch_range(name, resource, part.offset, part.end, sink)
+                async def sink(offset: int, pieces: list[bytes]) -> None:
+                    nonlocal value
+                    value = await anyio.to_thread.run_sync(work, offset, pieces, value)
+                    await report.advance(sum(map(len, pieces)))
 
-            await _run_parts(byte_ranges(0, size, max(MiB, self.transfer.part_size)), one,
-                             max_concurrency=self.transfer.max_concurrency)
-            await anyio.to_thread.run_sync(os.fsync, fd)
+                try:
+                    await self._fetch_range(name, resource, part.offset, part.end, sink)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(writer.close)
+                return value
+
+            crcs = await run_parts(ranges, one, max_concurrency=self.transfer.max_concurrency, share=share.window)
+            total = combine_part_crcs(zip(crcs, (r.length for r in ranges), strict=True))
+            if not all(total == want for want in self._expected_crcs(resource)):
+                return False
+            await anyio.to_thread.run_sync(file.commit)
+            return True
         finally:
-            os.close(fd)
-        return combine_part_crcs((crc, length) for _, crc, length in sorted(pieces))
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(file.discard)
 
     # ------------------------------------------------------------------ writes
 
@@ -925,7 +931,7 @@ class GCSBackend(Backend):
                                         file_range=(path, part.offset, part.length), progress=report)
                 return names[part.number - 1], crc, part.length
 
-            uploaded = await _run_parts(parts, one, max_concurrency=self.transfer.max_concurrency)
+            uploaded = await run_parts(parts, one, max_concurrency=self.transfer.max_concurrency)
             info = await self._commit_composed(key, name, uploaded, upload_id, created, metadata=metadata,
                                                encrypted=encrypted, if_absent=False)
         finally:
@@ -1033,12 +1039,6 @@ class GCSBackend(Backend):
             self._storage = Storage(session=self._session_now(), token=self._token)
         blob = Blob(Bucket(self._storage, self.bucket), name, {"size": 0})
         return await blob.get_signed_url(min(int(expires), 604800), token=self._token)
-
-
-async def _run_parts(parts: list[Part], job: Callable[[Part], Awaitable[Any]], *, max_concurrency: int) -> list[Any]:
-    from ..transfer import run_parts
-
-    return await run_parts(parts, job, max_concurrency=max_concurrency)
 
 
 def from_locator(locator: Locator, *, transfer: TransferConfig | None = None, sse_key: bytes | str | None = None,

@@ -27,7 +27,9 @@ How data moves:
   would give. Ranged reads, read streams and downloads HEAD the object first (size, etag, metadata, whether it
   needs the SSE-C key), then GET ranges pinned to that etag with ``If-Match``. A dropped connection resumes
   from the byte offset reached, pinned to the ETag of the first response. Received pieces go to their
-  destination as aiohttp hands them over (no copy here); downloads write them with one thread hop per ~4 MiB.
+  destination as aiohttp hands them over (no copy here); downloads write them with one thread hop per ~4 MiB
+  into a :class:`~aiojobstore.transfer.DownloadTarget` (``O_DIRECT`` where allowed, fsynced, renamed), and
+  downloads running at once share the window (:class:`~aiojobstore.transfer.DownloadShare`).
   Whole-object reads verify the CRC32C; a mismatch is retried once (``get_object``, ``download_file``) and
   then raises ``IntegrityError``.
 
@@ -46,11 +48,11 @@ recorded fingerprint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -72,6 +74,8 @@ from ..errors import (
 from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
+    DownloadShare,
+    DownloadTarget,
     MiB,
     Part,
     PartBuffer,
@@ -92,10 +96,8 @@ from ..transfer import (
     file_range_crc32c,
     iter_buffer_slices,
     plan_parts,
-    preallocate,
     run_parts,
     with_retries,
-    write_file_range,
 )
 from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, validate_key
 
@@ -1001,35 +1003,37 @@ class S3Backend(Backend):
                             progress: ProgressCallback | None = None) -> ObjectInfo:
         validate_key(key)
         target = os.path.abspath(os.fspath(path))
-        for attempt in (1, 2):
-            head = await self._head(key)
-            if head is None:
-                raise NoSuchFileError(key)
-            info, sse = head
-            if await self._download_once(key, info, sse, target, progress):
-                return info
-            if attempt == 2:
-                raise _integrity_error(key, info)
+        with self.limits.downloads.joined() as share:
+            for attempt in (1, 2):
+                head = await self._head(key)
+                if head is None:
+                    raise NoSuchFileError(key)
+                info, sse = head
+                if await self._download_once(key, info, sse, target, progress, share):
+                    return info
+                if attempt == 2:
+                    raise _integrity_error(key, info)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _download_once(self, key: str, info: ObjectInfo, sse: dict[str, Any], target: str,
-                             progress: ProgressCallback | None) -> bool:
-        """Ranged GETs written at their offsets into a temp file beside ``target``, renamed onto it when the
-        CRC32C matches; returns whether it did."""
+                             progress: ProgressCallback | None, share: DownloadShare) -> bool:
+        """Ranged GETs (sized and windowed by the store's ``share``) written at their offsets into a temp file
+        beside ``target``, renamed onto it when the CRC32C matches; returns whether it did."""
         report = Progress(progress, info.size)
-        fd, temp = await anyio.to_thread.run_sync(lambda: tempfile.mkstemp(
-            dir=os.path.dirname(target), prefix=f".{os.path.basename(target)}.", suffix=".part"))
+        cfg = self.transfer
+        part_size = choose_part_size(info.size, cfg.part_size, max_parts=cfg.max_parts,
+                                     min_part_size=cfg.min_part_size)
+        file = await anyio.to_thread.run_sync(functools.partial(
+            DownloadTarget, target, info.size, direct_io=cfg.direct_io and info.size >= part_size))
         try:
-            await anyio.to_thread.run_sync(preallocate, fd, info.size, target)
-            cfg = self.transfer
-            ranges = byte_ranges(0, info.size, choose_part_size(
-                info.size, cfg.part_size, max_parts=cfg.max_parts, min_part_size=cfg.min_part_size))
+            ranges = byte_ranges(0, info.size, share.range_size(part_size))
 
             async def fetch(part: Part) -> int:
                 value = 0
+                writer = file.range_writer(part.offset)
 
                 def work(offset: int, pieces: list[bytes], crc: int) -> int:
-                    write_file_range(fd, offset, pieces)
+                    writer.write(offset, pieces)
                     return crc32c(pieces, crc)
 
                 async def write(offset: int, pieces: list[bytes]) -> None:
@@ -1037,22 +1041,23 @@ class S3Backend(Backend):
                     value = await anyio.to_thread.run_sync(work, offset, pieces, value)
                     await report.advance(sum(map(len, pieces)))
 
-                await self._stream_range(key, part.offset, part.end, info.etag, sse, write, group=_WRITE_GROUP)
+                try:
+                    await self._stream_range(key, part.offset, part.end, info.etag, sse, write, group=_WRITE_GROUP)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(writer.close)
                 return value
 
-            crcs = await run_parts(ranges, fetch, max_concurrency=cfg.max_concurrency)
+            crcs = await run_parts(ranges, fetch, max_concurrency=cfg.max_concurrency, share=share.window)
             whole = combine_part_crcs(zip(crcs, (r.length for r in ranges), strict=True))
             if not await self._crc_ok(info, whole, info.size):
                 await report.rewind(report.done)
                 return False
-            await anyio.to_thread.run_sync(os.replace, temp, target)
-            temp = ""
+            await anyio.to_thread.run_sync(file.commit)
             return True
         finally:
-            os.close(fd)
-            if temp:
-                with contextlib.suppress(OSError):
-                    os.unlink(temp)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(file.discard)
 
 
 def _chunk_reader(body: Any) -> Callable[[int], Awaitable[bytes]]:
