@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import errno
+import functools
 import inspect
 import logging
 import math
@@ -592,6 +593,52 @@ class DownloadShare:
             yield self
         finally:
             self.downloads -= 1
+
+
+RangeSink = Callable[[int, list[bytes]], Awaitable[None]]
+
+
+async def download_ranges(target: str, size: int, fetch: Callable[[Part, RangeSink], Awaitable[None]], *,
+                          config: TransferConfig, part_size: int, share: DownloadShare, report: Progress,
+                          verify: Callable[[int], Awaitable[bool]]) -> bool:
+    """Download ``size`` bytes into a :class:`DownloadTarget` beside ``target`` with parallel ranged GETs, sized
+    and windowed by ``share``. ``fetch(part, sink)`` GETs one range and feeds ``sink(offset, pieces)`` in order;
+    each group of pieces costs one thread hop (a write and a CRC32C). The file is renamed onto ``target`` when
+    ``verify(crc32c_of_everything)`` accepts it; returns whether it was."""
+    file = await anyio.to_thread.run_sync(functools.partial(
+        DownloadTarget, target, size, direct_io=config.direct_io and size >= part_size))
+    try:
+        ranges = byte_ranges(0, size, share.range_size(part_size))
+
+        async def one(part: Part) -> int:
+            value = 0
+            writer = file.range_writer(part.offset)
+
+            def work(offset: int, pieces: list[bytes], crc: int) -> int:
+                writer.write(offset, pieces)
+                return crc32c(pieces, crc)
+
+            async def sink(offset: int, pieces: list[bytes]) -> None:
+                nonlocal value
+                value = await anyio.to_thread.run_sync(work, offset, pieces, value)
+                await report.advance(sum(map(len, pieces)))
+
+            try:
+                await fetch(part, sink)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(writer.close)
+            return value
+
+        crcs = await run_parts(ranges, one, max_concurrency=config.max_concurrency, share=share.window)
+        if not await verify(combine_part_crcs(zip(crcs, (r.length for r in ranges), strict=True))):
+            await report.rewind(report.done)
+            return False
+        await anyio.to_thread.run_sync(file.commit)
+        return True
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(file.discard)
 
 
 class TransferLimits:

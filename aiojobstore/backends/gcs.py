@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hashlib
 import json
 import logging
@@ -85,7 +84,6 @@ from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
     DownloadShare,
-    DownloadTarget,
     MiB,
     Part,
     PartBuffer,
@@ -93,15 +91,16 @@ from ..transfer import (
     PartWindow,
     Progress,
     ProgressCallback,
+    RangeSink,
     RetryPolicy,
     TransferConfig,
     byte_ranges,
     clamp_range,
     combine_part_crcs,
-    crc32c,
     crc32c_async,
     crc32c_from_b64,
     crc32c_to_b64,
+    download_ranges,
     file_range_crc32c,
     iter_buffer_slices,
     iter_file_slices,
@@ -816,8 +815,8 @@ class GCSBackend(Backend):
                         return self._info(resource)
                     mismatch = True
                 except NoSuchFileError:  # the generation we pinned is gone
+                    await report.rewind(report.done)
                     mismatch = False
-                await report.rewind(report.done)
                 resource = await self._after_bad_read(key, name, resource, tries, mismatch=mismatch)
 
     async def _download_once(self, name: str, resource: dict[str, Any], target: str, report: Progress,
@@ -826,41 +825,16 @@ class GCSBackend(Backend):
         temp file beside ``target``, renamed onto it when its CRC32C matches; returns whether it did."""
         size = int(resource.get("size") or 0)
         report.total = size
-        part_size = max(MiB, self.transfer.part_size)
-        file = await anyio.to_thread.run_sync(functools.partial(
-            DownloadTarget, target, size, direct_io=self.transfer.direct_io and size >= part_size))
-        try:
-            ranges = byte_ranges(0, size, share.range_size(part_size))
 
-            async def one(part: Part) -> int:
-                value = 0
-                writer = file.range_writer(part.offset)
+        async def fetch(part: Part, sink: RangeSink) -> None:
+            await self._fetch_range(name, resource, part.offset, part.end, sink)
 
-                def work(offset: int, pieces: list[bytes], crc: int) -> int:
-                    writer.write(offset, pieces)
-                    return crc32c(pieces, crc)
+        async def verify(crc: int) -> bool:
+            return all(crc == want for want in self._expected_crcs(resource))
 
-                async def sink(offset: int, pieces: list[bytes]) -> None:
-                    nonlocal value
-                    value = await anyio.to_thread.run_sync(work, offset, pieces, value)
-                    await report.advance(sum(map(len, pieces)))
-
-                try:
-                    await self._fetch_range(name, resource, part.offset, part.end, sink)
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(writer.close)
-                return value
-
-            crcs = await run_parts(ranges, one, max_concurrency=self.transfer.max_concurrency, share=share.window)
-            total = combine_part_crcs(zip(crcs, (r.length for r in ranges), strict=True))
-            if not all(total == want for want in self._expected_crcs(resource)):
-                return False
-            await anyio.to_thread.run_sync(file.commit)
-            return True
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(file.discard)
+        return await download_ranges(target, size, fetch, config=self.transfer,
+                                     part_size=max(MiB, self.transfer.part_size), share=share, report=report,
+                                     verify=verify)
 
     # ------------------------------------------------------------------ writes
 

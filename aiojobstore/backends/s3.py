@@ -48,7 +48,6 @@ recorded fingerprint.
 from __future__ import annotations
 
 import contextlib
-import functools
 import ipaddress
 import logging
 import os
@@ -75,7 +74,6 @@ from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
     DownloadShare,
-    DownloadTarget,
     MiB,
     Part,
     PartBuffer,
@@ -83,6 +81,7 @@ from ..transfer import (
     PartWindow,
     Progress,
     ProgressCallback,
+    RangeSink,
     RetryPolicy,
     TransferConfig,
     byte_ranges,
@@ -93,6 +92,7 @@ from ..transfer import (
     crc32c_async,
     crc32c_from_b64,
     crc32c_to_b64,
+    download_ranges,
     file_range_crc32c,
     iter_buffer_slices,
     plan_parts,
@@ -1019,45 +1019,18 @@ class S3Backend(Backend):
                              progress: ProgressCallback | None, share: DownloadShare) -> bool:
         """Ranged GETs (sized and windowed by the store's ``share``) written at their offsets into a temp file
         beside ``target``, renamed onto it when the CRC32C matches; returns whether it did."""
-        report = Progress(progress, info.size)
         cfg = self.transfer
         part_size = choose_part_size(info.size, cfg.part_size, max_parts=cfg.max_parts,
                                      min_part_size=cfg.min_part_size)
-        file = await anyio.to_thread.run_sync(functools.partial(
-            DownloadTarget, target, info.size, direct_io=cfg.direct_io and info.size >= part_size))
-        try:
-            ranges = byte_ranges(0, info.size, share.range_size(part_size))
 
-            async def fetch(part: Part) -> int:
-                value = 0
-                writer = file.range_writer(part.offset)
+        async def fetch(part: Part, sink: RangeSink) -> None:
+            await self._stream_range(key, part.offset, part.end, info.etag, sse, sink, group=_WRITE_GROUP)
 
-                def work(offset: int, pieces: list[bytes], crc: int) -> int:
-                    writer.write(offset, pieces)
-                    return crc32c(pieces, crc)
+        async def verify(crc: int) -> bool:
+            return await self._crc_ok(info, crc, info.size)
 
-                async def write(offset: int, pieces: list[bytes]) -> None:
-                    nonlocal value
-                    value = await anyio.to_thread.run_sync(work, offset, pieces, value)
-                    await report.advance(sum(map(len, pieces)))
-
-                try:
-                    await self._stream_range(key, part.offset, part.end, info.etag, sse, write, group=_WRITE_GROUP)
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(writer.close)
-                return value
-
-            crcs = await run_parts(ranges, fetch, max_concurrency=cfg.max_concurrency, share=share.window)
-            whole = combine_part_crcs(zip(crcs, (r.length for r in ranges), strict=True))
-            if not await self._crc_ok(info, whole, info.size):
-                await report.rewind(report.done)
-                return False
-            await anyio.to_thread.run_sync(file.commit)
-            return True
-        finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(file.discard)
+        return await download_ranges(target, info.size, fetch, config=cfg, part_size=part_size, share=share,
+                                     report=Progress(progress, info.size), verify=verify)
 
 
 def _chunk_reader(body: Any) -> Callable[[int], Awaitable[bytes]]:
