@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import random
 import socket
@@ -125,6 +126,8 @@ class FaultProxy:
         self.injected: dict[str, int] = {"503": 0, "500": 0, "reset": 0, "cut": 0}
         self.requests = 0
         self.methods: collections.Counter[str] = collections.Counter()
+        self.in_flight: collections.Counter[str] = collections.Counter()
+        self.peak_in_flight: collections.Counter[str] = collections.Counter()
         self.sock = socket.socket()
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
@@ -170,6 +173,24 @@ class FaultProxy:
             head_part, _, body = head.partition(b"\r\n\r\n")
             method = head_part.split(b" ", 1)[0]
             fate = self._fate(method)
+            with self._counted(method.decode()):
+                self._relay(client, head_part, body, method, fate)
+        except OSError:
+            client.close()
+
+    @contextlib.contextmanager
+    def _counted(self, method: str) -> Iterator[None]:
+        with self.lock:
+            self.in_flight[method] += 1
+            self.peak_in_flight[method] = max(self.peak_in_flight[method], self.in_flight[method])
+        try:
+            yield
+        finally:
+            with self.lock:
+                self.in_flight[method] -= 1
+
+    def _relay(self, client: socket.socket, head_part: bytes, body: bytes, method: bytes, fate: str) -> None:
+        try:
             remaining = _content_length(head_part) - len(body)
             if b"\r\nexpect: 100-continue" in head_part.lower():
                 client.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")

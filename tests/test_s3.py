@@ -321,6 +321,31 @@ async def test_downloads_at_once_share_the_window_with_one_get_each(server: S3Se
         assert (tmp_path / name).read_bytes() == data
 
 
+async def test_uploads_at_once_share_the_window(server: S3Server, tmp_path: Path) -> None:
+    data = random_file(tmp_path / "src", 3 * PART)
+    with FaultProxy(server.endpoint_url, rate=0) as proxy:
+        store = make_backend(server, endpoint_url=proxy.endpoint_url, max_concurrency=4)
+        try:
+            await store.create()
+            await store.upload_file(tmp_path / "src", "alone")
+            alone = proxy.peak_in_flight["PUT"]
+            proxy.peak_in_flight.clear()
+            async with anyio.create_task_group() as tasks:
+                for i in range(4):
+                    tasks.start_soon(store.upload_file, tmp_path / "src", f"together-{i}")
+            together = proxy.peak_in_flight["PUT"]
+            for name in ["alone", *(f"together-{i}" for i in range(4))]:
+                assert await store.get_bytes(name) == data
+        finally:
+            with anyio.CancelScope(shield=True):
+                await store.destroy()
+                await store.close()
+    assert alone == 3  # alone, an upload sends all three parts at once
+    # Four at once share the window of 4: one part each in flight, where all twelve could be. The proxy counts a
+    # part until its thread has relayed the response, so the next part of the same upload may overlap it.
+    assert together <= 2 * 4
+
+
 async def test_input_errors_are_not_retried(backend: S3Backend) -> None:
     with pytest.raises(NoSuchFileError):
         await backend.get_bytes("never/written")

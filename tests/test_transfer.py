@@ -14,7 +14,6 @@ import pytest
 
 from aiojobstore.errors import TransferError
 from aiojobstore.transfer import (
-    DownloadShare,
     DownloadTarget,
     MemoryBudget,
     MiB,
@@ -24,6 +23,7 @@ from aiojobstore.transfer import (
     PartWindow,
     Progress,
     RetryPolicy,
+    TransferShare,
     combine_part_crcs,
     crc32c_combine,
     file_range_crc32c,
@@ -345,7 +345,7 @@ def test_download_target_discard_leaves_the_target_alone_and_writes_must_follow_
 
 
 def test_download_share_splits_the_window_and_lengthens_ranges_as_downloads_join():
-    share = DownloadShare(8)
+    share = TransferShare(8)
     with share.joined():
         assert share.window() == 8
         assert share.range_size(50) == 50
@@ -355,7 +355,7 @@ def test_download_share_splits_the_window_and_lengthens_ranges_as_downloads_join
             with share.joined(), share.joined(), share.joined(), share.joined(), share.joined():
                 assert share.window() == 1
                 assert share.range_size(50) == 400
-    assert share.downloads == 0
+    assert share.transfers == 0
     assert share.window() == 8
 
 

@@ -83,7 +83,6 @@ from ..errors import (
 from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
-    DownloadShare,
     MiB,
     Part,
     PartBuffer,
@@ -94,6 +93,7 @@ from ..transfer import (
     RangeSink,
     RetryPolicy,
     TransferConfig,
+    TransferShare,
     byte_ranges,
     clamp_range,
     combine_part_crcs,
@@ -820,7 +820,7 @@ class GCSBackend(Backend):
                 resource = await self._after_bad_read(key, name, resource, tries, mismatch=mismatch)
 
     async def _download_once(self, name: str, resource: dict[str, Any], target: str, report: Progress,
-                             share: DownloadShare) -> bool:
+                             share: TransferShare) -> bool:
         """Fetch one generation with parallel ranged GETs (sized and windowed by the store's ``share``) into a
         temp file beside ``target``, renamed onto it when its CRC32C matches; returns whether it did."""
         size = int(resource.get("size") or 0)
@@ -905,7 +905,9 @@ class GCSBackend(Backend):
                                         file_range=(path, part.offset, part.length), progress=report)
                 return names[part.number - 1], crc, part.length
 
-            uploaded = await run_parts(parts, one, max_concurrency=self.transfer.max_concurrency)
+            with self.limits.uploads.joined() as share:
+                uploaded = await run_parts(parts, one, max_concurrency=self.transfer.max_concurrency,
+                                           share=share.window)
             info = await self._commit_composed(key, name, uploaded, upload_id, created, metadata=metadata,
                                                encrypted=encrypted, if_absent=False)
         finally:

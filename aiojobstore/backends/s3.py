@@ -29,7 +29,7 @@ How data moves:
   from the byte offset reached, pinned to the ETag of the first response. Received pieces go to their
   destination as aiohttp hands them over (no copy here); downloads write them with one thread hop per ~4 MiB
   into a :class:`~aiojobstore.transfer.DownloadTarget` (``O_DIRECT`` where allowed, fsynced, renamed), and
-  downloads running at once share the window (:class:`~aiojobstore.transfer.DownloadShare`).
+  downloads running at once share the window (:class:`~aiojobstore.transfer.TransferShare`).
   Whole-object reads verify the CRC32C; a mismatch is retried once (``get_object``, ``download_file``) and
   then raises ``IntegrityError``.
 
@@ -73,7 +73,6 @@ from ..errors import (
 from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
-    DownloadShare,
     MiB,
     Part,
     PartBuffer,
@@ -84,6 +83,7 @@ from ..transfer import (
     RangeSink,
     RetryPolicy,
     TransferConfig,
+    TransferShare,
     byte_ranges,
     choose_part_size,
     clamp_range,
@@ -663,10 +663,15 @@ class S3Backend(Backend):
         validate_key(key)
         path = os.fspath(path)
         self.encryption_metadata(encrypted)
+        with self.limits.uploads.joined() as share:  # before any await, so uploads started together count each other
+            return await self._upload_file(path, key, metadata, encrypted, Progress(progress), share)
+
+    async def _upload_file(self, path: str, key: str, metadata: dict[str, str] | None, encrypted: bool,
+                           report: Progress, share: TransferShare) -> ObjectInfo:
         size = (await anyio.Path(path).stat()).st_size
+        report.total = size
         cfg = self.transfer
         part_size = choose_part_size(size, cfg.part_size, max_parts=cfg.max_parts, min_part_size=cfg.min_part_size)
-        report = Progress(progress, size)
         if size <= part_size:
             crc = await anyio.to_thread.run_sync(file_range_crc32c, path, 0, size)
             info = await self._put_object(
@@ -687,15 +692,18 @@ class S3Backend(Backend):
             return _SliceBody(length=part.length, path=path, offset=part.offset, slice_size=cfg.io_slice_size,
                               expected_crc=crcs[part.number - 1])
 
-        return await self._multipart(key, parts, body, crcs, meta, encrypted=encrypted, report=report)
+        return await self._multipart(key, parts, body, crcs, meta, encrypted=encrypted, report=report,
+                                     share=share.window)
 
     async def _multipart(self, key: str, parts: list[Part], body: Callable[[Part], Any], crcs: list[int],
-                         meta: dict[str, str], *, encrypted: bool, report: Progress | None = None) -> ObjectInfo:
-        """Upload ``parts`` as one multipart upload; abort it on any failure or cancellation."""
+                         meta: dict[str, str], *, encrypted: bool, report: Progress | None = None,
+                         share: Callable[[], int] | None = None) -> ObjectInfo:
+        """Upload ``parts`` as one multipart upload (at most ``share()`` in flight, when given); abort it on any
+        failure or cancellation."""
         upload = _MultipartUpload(self, key, meta, encrypted)
         await upload.start()
         try:
-            async with PartWindow(self.transfer.max_concurrency) as window:
+            async with PartWindow(self.transfer.max_concurrency, share=share) as window:
                 for part in parts:
                     await window.submit(upload.send_part, part, body, crcs[part.number - 1], report)
             return await upload.complete(sum(p.length for p in parts))
@@ -1016,7 +1024,7 @@ class S3Backend(Backend):
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _download_once(self, key: str, info: ObjectInfo, sse: dict[str, Any], target: str,
-                             progress: ProgressCallback | None, share: DownloadShare) -> bool:
+                             progress: ProgressCallback | None, share: TransferShare) -> bool:
         """Ranged GETs (sized and windowed by the store's ``share``) written at their offsets into a temp file
         beside ``target``, renamed onto it when the CRC32C matches; returns whether it did."""
         cfg = self.transfer
