@@ -11,6 +11,7 @@ import os
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -267,54 +268,56 @@ async def test_stale_update_job_is_refused(server: S3Server) -> None:
 # ------------------------------------------------------------------------------------------- fault injection
 
 
-async def test_faulty_network_keeps_every_byte_intact(server: S3Server, tmp_path: Path) -> None:
-    data = random_file(tmp_path / "src", 3 * PART + 999)
-    with FaultProxy(server.endpoint_url, rate=0.25) as proxy:
-        store = make_backend(server, endpoint_url=proxy.endpoint_url, max_attempts=10, backoff_base=0.01,
-                             backoff_max=0.1)
+@asynccontextmanager
+async def store_behind_proxy(server: S3Server, *, rate: float = 0,
+                             **options: object) -> AsyncIterator[tuple[S3Backend, FaultProxy]]:
+    """A created store that reaches ``server`` through a :class:`FaultProxy` failing ``rate`` of the requests;
+    destroyed (with the faults off) on the way out."""
+    with FaultProxy(server.endpoint_url, rate=rate) as proxy:
+        store = make_backend(server, endpoint_url=proxy.endpoint_url, **options)
         try:
             await store.create()
-            await store.upload_file(tmp_path / "src", "up")
-            async with store.open_writer("stream") as writer:
-                await writer.write(data)
-            for i in range(10):
-                await store.put_bytes(f"small/{i}", data[i * 100 : i * 100 + 100])
-            await store.download_file("up", tmp_path / "down")
-            assert (tmp_path / "down").read_bytes() == data
-            assert await store.get_bytes("stream") == data
-            async with store.open_reader("up") as reader:
-                assert await reader.read() == data
-            for i in range(10):
-                assert await store.get_bytes(f"small/{i}") == data[i * 100 : i * 100 + 100]
-            assert await store.pending_uploads() == []
+            yield store, proxy
         finally:
             with anyio.CancelScope(shield=True):
                 proxy.rate = 0
                 await store.destroy()
                 await store.close()
+
+
+async def test_faulty_network_keeps_every_byte_intact(server: S3Server, tmp_path: Path) -> None:
+    data = random_file(tmp_path / "src", 3 * PART + 999)
+    async with store_behind_proxy(server, rate=0.25, max_attempts=10, backoff_base=0.01,
+                                  backoff_max=0.1) as (store, proxy):
+        await store.upload_file(tmp_path / "src", "up")
+        async with store.open_writer("stream") as writer:
+            await writer.write(data)
+        for i in range(10):
+            await store.put_bytes(f"small/{i}", data[i * 100 : i * 100 + 100])
+        await store.download_file("up", tmp_path / "down")
+        assert (tmp_path / "down").read_bytes() == data
+        assert await store.get_bytes("stream") == data
+        async with store.open_reader("up") as reader:
+            assert await reader.read() == data
+        for i in range(10):
+            assert await store.get_bytes(f"small/{i}") == data[i * 100 : i * 100 + 100]
+        assert await store.pending_uploads() == []
     assert sum(proxy.injected.values()) >= 5, proxy.injected
     assert proxy.injected["cut"] >= 1, proxy.injected
 
 
 async def test_downloads_at_once_share_the_window_with_one_get_each(server: S3Server, tmp_path: Path) -> None:
     data = random_file(tmp_path / "src", 3 * PART)
-    with FaultProxy(server.endpoint_url, rate=0) as proxy:
-        store = make_backend(server, endpoint_url=proxy.endpoint_url, max_concurrency=4)
-        try:
-            await store.create()
-            await store.upload_file(tmp_path / "src", "obj")
-            before = proxy.methods["GET"]
-            await store.download_file("obj", tmp_path / "alone")
-            alone = proxy.methods["GET"] - before
-            before = proxy.methods["GET"]
-            async with anyio.create_task_group() as tasks:
-                for i in range(4):
-                    tasks.start_soon(store.download_file, "obj", tmp_path / f"together-{i}")
-            together = proxy.methods["GET"] - before
-        finally:
-            with anyio.CancelScope(shield=True):
-                await store.destroy()
-                await store.close()
+    async with store_behind_proxy(server, max_concurrency=4) as (store, proxy):
+        await store.upload_file(tmp_path / "src", "obj")
+        before = proxy.methods["GET"]
+        await store.download_file("obj", tmp_path / "alone")
+        alone = proxy.methods["GET"] - before
+        before = proxy.methods["GET"]
+        async with anyio.create_task_group() as tasks:
+            for i in range(4):
+                tasks.start_soon(store.download_file, "obj", tmp_path / f"together-{i}")
+        together = proxy.methods["GET"] - before
     assert alone == 3  # alone, a download takes the whole window: one ranged GET per part
     assert together == 4  # four at once share the window of 4: one stream, so one GET, per download
     for name in ["alone", *(f"together-{i}" for i in range(4))]:
@@ -323,23 +326,16 @@ async def test_downloads_at_once_share_the_window_with_one_get_each(server: S3Se
 
 async def test_uploads_at_once_share_the_window(server: S3Server, tmp_path: Path) -> None:
     data = random_file(tmp_path / "src", 3 * PART)
-    with FaultProxy(server.endpoint_url, rate=0) as proxy:
-        store = make_backend(server, endpoint_url=proxy.endpoint_url, max_concurrency=4)
-        try:
-            await store.create()
-            await store.upload_file(tmp_path / "src", "alone")
-            alone = proxy.peak_in_flight["PUT"]
-            proxy.peak_in_flight.clear()
-            async with anyio.create_task_group() as tasks:
-                for i in range(4):
-                    tasks.start_soon(store.upload_file, tmp_path / "src", f"together-{i}")
-            together = proxy.peak_in_flight["PUT"]
-            for name in ["alone", *(f"together-{i}" for i in range(4))]:
-                assert await store.get_bytes(name) == data
-        finally:
-            with anyio.CancelScope(shield=True):
-                await store.destroy()
-                await store.close()
+    async with store_behind_proxy(server, max_concurrency=4) as (store, proxy):
+        await store.upload_file(tmp_path / "src", "alone")
+        alone = proxy.peak_in_flight["PUT"]
+        proxy.peak_in_flight.clear()
+        async with anyio.create_task_group() as tasks:
+            for i in range(4):
+                tasks.start_soon(store.upload_file, tmp_path / "src", f"together-{i}")
+        together = proxy.peak_in_flight["PUT"]
+        for name in ["alone", *(f"together-{i}" for i in range(4))]:
+            assert await store.get_bytes(name) == data
     assert alone == 3  # alone, an upload sends all three parts at once
     # Four at once share the window of 4: one part each in flight, where all twelve could be. The proxy counts a
     # part until its thread has relayed the response, so the next part of the same upload may overlap it.
