@@ -308,6 +308,9 @@ def test_download_target_writes_ranges_fed_in_any_pieces_and_renames_on_commit(t
     file.commit()
     assert target.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # what a plain open() gives, not mkstemp's 0600
 
 
 def test_download_target_falls_back_to_the_page_cache_where_o_direct_is_refused(tmp_path):
