@@ -457,19 +457,21 @@ class RangeWriter:
                 self.position += whole
                 self.staged -= whole
                 view[: self.staged] = view[whole : whole + self.staged]
-            if not self._direct and self.staged:
+        if not self._direct:
+            self._write_staged_through_cache()
+
+    def _write_staged_through_cache(self) -> None:
+        assert self._stage is not None
+        if self.staged:
+            with memoryview(self._stage) as view:
                 self.position += write_file_range(self.target.fd, self.position, [view[: self.staged]])
-                self.staged = 0
+            self.staged = 0
 
     def close(self) -> None:
         """Write what is still staged (the range's last partial page) and give the buffer back."""
         if self._stage is None:
             return
-        if self.staged:
-            with memoryview(self._stage) as view:
-                write_file_range(self.target.fd, self.position, [view[: self.staged]])
-            self.position += self.staged
-            self.staged = 0
+        self._write_staged_through_cache()
         stage, self._stage = self._stage, None
         self.target._give_stage(stage)
 

@@ -61,7 +61,7 @@ import logging
 import os
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from os import PathLike
@@ -632,7 +632,7 @@ class GCSBackend(Backend):
         return self._key_headers(True) if self._is_encrypted(resource) and self.sse_key is not None else {}
 
     async def _fetch_range(self, name: str, resource: dict[str, Any], start: int, end: int,
-                           sink: Callable[[int, list[bytes]], Awaitable[None]] | None = None) -> list[bytes]:
+                           sink: RangeSink | None = None) -> list[bytes]:
         """GET bytes ``[start, end)`` of one generation; a broken body resumes from the byte it reached.
         With ``sink``, chunks go to ``sink(offset, chunks)`` in groups of about 4 MiB instead of being returned."""
         got: list[bytes] = []

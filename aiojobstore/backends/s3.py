@@ -812,7 +812,7 @@ class S3Backend(Backend):
     # ------------------------------------------------------------------ reads
 
     async def _stream_range(self, key: str, start: int, end: int, etag: str | None, sse: dict[str, Any],
-                            sink: Callable[[int, list[bytes]], Awaitable[None]], *, group: int | None = None,
+                            sink: RangeSink, *, group: int | None = None,
                             first_response: dict[str, Any] | None = None) -> None:
         """GET ``[start, end)`` pinned to ``etag`` and feed it to ``sink(offset, pieces)`` in groups of about
         ``group`` bytes (the pieces as received, never copied here); a dropped connection resumes at the offset
