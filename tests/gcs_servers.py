@@ -1,15 +1,18 @@
 """Pytest plugin: a gcp-storage-emulator on 127.0.0.1 for the session, and a fresh GCS store per test.
 
-``gcs_emulator`` starts ``gcp-storage-emulator start -H 127.0.0.1 --port N --in-memory`` on a free port, waits
-until it answers and stops it at the end of the session. ``gcs_target`` gives each test a new bucket (created
-here) and wipes the emulator's state afterwards (``GET /wipe``): the emulator rewrites its whole object table on
-every write, so letting it grow would make the suite slow.
+``gcs_emulator`` starts the emulator on a free port through ``tests/servers/gcs_emulator.py``, waits until it
+answers and stops it at the end of the session. That launcher runs the emulator's own handlers and in-memory
+storage, one request at a time as ``gcp-storage-emulator start`` does, but listens with a backlog of 1024 instead
+of 5: with 5, a store's burst of up to 64 connections overflowed the queue and the dropped SYNs were resent only
+after 1, 3, 7 ... seconds, which stalled tests for seconds to minutes. ``gcs_target`` gives each test a new bucket
+(created here) and wipes the emulator's state afterwards (``GET /wipe``): the emulator rewrites its whole object
+table on every write, so letting it grow would make the suite slow.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -23,10 +26,13 @@ import pytest
 
 from tests.support import StoreTarget, free_port
 
+LAUNCHER = Path(__file__).with_name("servers") / "gcs_emulator.py"
 
-def _emulator_command() -> list[str] | None:
-    exe = shutil.which("gcp-storage-emulator") or str(Path(sys.executable).with_name("gcp-storage-emulator"))
-    return [exe] if os.path.exists(exe) else None
+
+def _emulator_command(port: int) -> list[str] | None:
+    if importlib.util.find_spec("gcp_storage_emulator") is None:
+        return None
+    return [sys.executable, str(LAUNCHER), "--host", "127.0.0.1", "--port", str(port)]
 
 
 def _answers(url: str) -> bool:
@@ -47,14 +53,13 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict[str, st
 @pytest.fixture(scope="session")
 def gcs_emulator() -> Iterator[str]:
     """The URL of a running gcp-storage-emulator (``STORAGE_EMULATOR_HOST``)."""
-    command = _emulator_command()
+    port = free_port()
+    command = _emulator_command(port)
     if command is None:
         pytest.skip("gcp-storage-emulator is not installed (pip install gcp-storage-emulator)")
-    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"gcs-emulator-{port}.log"), "wb")  # noqa: SIM115
-    process = subprocess.Popen([*command, "start", "-H", "127.0.0.1", "--port", str(port), "--in-memory", "-q"],
-                               stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while not _answers(url):
