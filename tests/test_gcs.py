@@ -16,8 +16,10 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from aiojobstore.backends.base import META_CRC32C
@@ -32,7 +34,7 @@ from aiojobstore.errors import (
     TransferError,
 )
 from aiojobstore.locator import open_backend
-from aiojobstore.transfer import TransferConfig
+from aiojobstore.transfer import MiB, TransferConfig
 from tests.gcs_servers import create_bucket, http
 from tests.support import StoreTarget, free_port
 
@@ -203,6 +205,63 @@ async def test_failed_upload_file_leaves_no_temporary_parts(gcs: GCSBackend, tmp
         await gcs.upload_file(src, "half", progress=progress)
     assert await gcs.stat("half") is None
     assert only_user_objects(gcs) == []
+
+
+def count_calls(backend: GCSBackend, method: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Count the calls of one of ``backend``'s methods (which still runs): ``calls``, ``in_flight``, ``peak``."""
+    counts = {"calls": 0, "in_flight": 0, "peak": 0}
+    real = getattr(backend, method)
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        counts["calls"] += 1
+        counts["in_flight"] += 1
+        counts["peak"] = max(counts["peak"], counts["in_flight"])
+        try:
+            return await real(*args, **kwargs)
+        finally:
+            counts["in_flight"] -= 1
+
+    monkeypatch.setattr(backend, method, counted)
+    return counts
+
+
+async def test_uploads_started_together_share_the_window(gcs: GCSBackend, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    src = tmp_path / "src"
+    data = os.urandom(3 * PART)
+    src.write_bytes(data)
+    parts = count_calls(gcs, "_upload_part", monkeypatch)
+    await gcs.upload_file(src, "alone")
+    alone, parts["peak"] = parts["peak"], 0
+    async with anyio.create_task_group() as tasks:
+        for i in range(4):
+            tasks.start_soon(gcs.upload_file, src, f"together-{i}")
+        await anyio.lowlevel.checkpoint()  # each upload has run up to its first await
+        joined = gcs.limits.uploads.transfers
+    assert alone == 3  # alone, an upload sends all three parts at once
+    assert joined == 4  # each counts itself before its first await, so the others see it when they plan
+    assert parts["peak"] <= 4  # a window of 4 // 4 = 1 part each, where twelve could be in flight
+    for name in ["alone", *(f"together-{i}" for i in range(4))]:
+        assert await gcs.get_bytes(name) == data
+
+
+async def test_downloads_started_together_share_the_window_with_one_get_each(
+        gcs: GCSBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = os.urandom(3 * MiB)  # downloads use ranges of at least 1 MiB: three here
+    await gcs.put_bytes("obj", data)
+    ranges = count_calls(gcs, "_fetch_range", monkeypatch)
+    await gcs.download_file("obj", tmp_path / "alone")
+    alone, ranges["calls"] = ranges["calls"], 0
+    async with anyio.create_task_group() as tasks:
+        for i in range(4):
+            tasks.start_soon(gcs.download_file, "obj", tmp_path / f"together-{i}")
+        await anyio.lowlevel.checkpoint()  # each download has run up to its first await (the stat)
+        joined = gcs.limits.downloads.transfers
+    assert alone == 3  # alone, a download takes the whole window: one ranged GET per MiB
+    assert joined == 4
+    assert ranges["calls"] == 4  # four at once share the window of 4: one stream, so one GET, per download
+    for name in ["alone", *(f"together-{i}" for i in range(4))]:
+        assert (tmp_path / name).read_bytes() == data
 
 
 # ---------------------------------------------------------------------------------------------- integrity

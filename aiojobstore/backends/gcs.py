@@ -804,11 +804,12 @@ class GCSBackend(Backend):
 
     async def download_file(self, key: str, path: str | PathLike[str], *,
                             progress: ProgressCallback | None = None) -> ObjectInfo:
-        name, resource = await self._stat_for_read(key)
         target = os.path.abspath(os.fspath(path))
-        report = Progress(progress, int(resource.get("size") or 0))
-        tries = [0, 0]  # checksum mismatches, replacements seen
+        # Joined before any await, so that downloads started together count each other.
         with self.limits.downloads.joined() as share:
+            name, resource = await self._stat_for_read(key)
+            report = Progress(progress, int(resource.get("size") or 0))
+            tries = [0, 0]  # checksum mismatches, replacements seen
             while True:
                 try:
                     if await self._download_once(name, resource, target, report, share):
@@ -883,36 +884,36 @@ class GCSBackend(Backend):
                           encrypted: bool = False, progress: ProgressCallback | None = None) -> ObjectInfo:
         name = self._name(key)
         meta = {**(metadata or {}), **self.encryption_metadata(encrypted)}
-        try:
-            size = (await anyio.Path(path).stat()).st_size
-        except FileNotFoundError:
-            raise NoSuchFileError(os.fspath(path), "the local file to upload does not exist") from None
-        report = Progress(progress, size)
-        parts = plan_parts(size, self.transfer.part_size, max_parts=self.transfer.max_parts,
-                           min_part_size=self.transfer.min_part_size)
-        if len(parts) == 1:
-            crc = await anyio.to_thread.run_sync(file_range_crc32c, path, 0, size)
-            resource = await self._upload_simple(name, None, crc=crc, metadata=meta, encrypted=encrypted, key=key,
-                                                 file_range=(path, 0, size), progress=report)
-            return self._info(resource)
-        upload_id = uuid.uuid4().hex
-        names = [self._tmp_name(upload_id, f"p{p.number:06d}") for p in parts]
-        created = list(names)
-        try:
-            async def one(part: Part) -> tuple[str, int, int]:
-                crc = await anyio.to_thread.run_sync(file_range_crc32c, path, part.offset, part.length)
-                await self._upload_part(names[part.number - 1], None, crc=crc, encrypted=encrypted,
-                                        file_range=(path, part.offset, part.length), progress=report)
-                return names[part.number - 1], crc, part.length
+        with self.limits.uploads.joined() as share:  # before any await, so uploads started together count each other
+            try:
+                size = (await anyio.Path(path).stat()).st_size
+            except FileNotFoundError:
+                raise NoSuchFileError(os.fspath(path), "the local file to upload does not exist") from None
+            report = Progress(progress, size)
+            parts = plan_parts(size, self.transfer.part_size, max_parts=self.transfer.max_parts,
+                               min_part_size=self.transfer.min_part_size)
+            if len(parts) == 1:
+                crc = await anyio.to_thread.run_sync(file_range_crc32c, path, 0, size)
+                resource = await self._upload_simple(name, None, crc=crc, metadata=meta, encrypted=encrypted, key=key,
+                                                     file_range=(path, 0, size), progress=report)
+                return self._info(resource)
+            upload_id = uuid.uuid4().hex
+            names = [self._tmp_name(upload_id, f"p{p.number:06d}") for p in parts]
+            created = list(names)
+            try:
+                async def one(part: Part) -> tuple[str, int, int]:
+                    crc = await anyio.to_thread.run_sync(file_range_crc32c, path, part.offset, part.length)
+                    await self._upload_part(names[part.number - 1], None, crc=crc, encrypted=encrypted,
+                                            file_range=(path, part.offset, part.length), progress=report)
+                    return names[part.number - 1], crc, part.length
 
-            with self.limits.uploads.joined() as share:
                 uploaded = await run_parts(parts, one, max_concurrency=self.transfer.max_concurrency,
                                            share=share.window)
-            info = await self._commit_composed(key, name, uploaded, upload_id, created, metadata=metadata,
-                                               encrypted=encrypted, if_absent=False)
-        finally:
-            await self._cleanup(upload_id, created)
-        return info
+                info = await self._commit_composed(key, name, uploaded, upload_id, created, metadata=metadata,
+                                                   encrypted=encrypted, if_absent=False)
+            finally:
+                await self._cleanup(upload_id, created)
+            return info
 
     # ------------------------------------------------------------------ metadata operations
 
