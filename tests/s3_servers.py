@@ -106,6 +106,15 @@ def _content_length(head: bytes) -> int:
     return 0
 
 
+def _user_agent(head: bytes) -> str:
+    """The product name of a request's User-Agent (``aiojobstore-rangeget``, ``Botocore``, ...)."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"user-agent":
+            return value.strip().split(b"/", 1)[0].decode("latin-1")
+    return ""
+
+
 def _reset(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     sock.close()
@@ -126,6 +135,7 @@ class FaultProxy:
         self.injected: dict[str, int] = {"503": 0, "500": 0, "reset": 0, "cut": 0}
         self.requests = 0
         self.methods: collections.Counter[str] = collections.Counter()
+        self.agents: collections.Counter[str] = collections.Counter()  # requests per User-Agent product name
         self.in_flight: collections.Counter[str] = collections.Counter()
         self.peak_in_flight: collections.Counter[str] = collections.Counter()
         self.sock = socket.socket()
@@ -172,6 +182,8 @@ class FaultProxy:
                 return
             head_part, _, body = head.partition(b"\r\n\r\n")
             method = head_part.split(b" ", 1)[0]
+            with self.lock:
+                self.agents[_user_agent(head_part)] += 1
             fate = self._fate(method)
             with self._counted(method.decode()):
                 self._relay(client, head_part, body, method, fate)

@@ -302,8 +302,55 @@ async def test_faulty_network_keeps_every_byte_intact(server: S3Server, tmp_path
         for i in range(10):
             assert await store.get_bytes(f"small/{i}") == data[i * 100 : i * 100 + 100]
         assert await store.pending_uploads() == []
+        assert store._range_getter_ok  # 5xx answers and broken connections do not turn the receiver off
     assert sum(proxy.injected.values()) >= 5, proxy.injected
     assert proxy.injected["cut"] >= 1, proxy.injected
+    assert proxy.agents["aiojobstore-rangeget"] >= 1
+
+
+async def test_downloads_are_received_by_rangeget_also_encrypted(server: S3Server, tmp_path: Path) -> None:
+    data = random_file(tmp_path / "src", 2 * PART + 4097)  # 3 ranges, the last one not a whole page
+    async with store_behind_proxy(server, sse_key=KEY) as (store, proxy):
+        await store.upload_file(tmp_path / "src", "plain")
+        await store.upload_file(tmp_path / "src", "secret", encrypted=True)
+        before = proxy.methods["GET"]
+        await store.download_file("plain", tmp_path / "plain")
+        await store.download_file("secret", tmp_path / "secret")
+        gets = proxy.methods["GET"] - before
+        assert store._range_getter_ok  # nothing made the store give up on the receiver
+    assert gets == 6 and proxy.agents["aiojobstore-rangeget"] == 6  # every ranged GET, the SSE-C ones too
+    assert (tmp_path / "plain").read_bytes() == data and (tmp_path / "secret").read_bytes() == data
+
+
+async def test_direct_receive_off_downloads_through_aiohttp(server: S3Server, tmp_path: Path) -> None:
+    data = random_file(tmp_path / "src", 2 * PART + 1)
+    async with store_behind_proxy(server, direct_receive=False) as (store, proxy):
+        await store.upload_file(tmp_path / "src", "obj")
+        await store.download_file("obj", tmp_path / "down")
+    assert proxy.methods["GET"] >= 3 and proxy.agents["aiojobstore-rangeget"] == 0
+    assert (tmp_path / "down").read_bytes() == data
+
+
+async def test_behind_an_http_proxy_downloads_leave_rangeget_aside(moto_server: S3Server, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    data = random_file(tmp_path / "src", 2 * PART + 1)
+    with FaultProxy(moto_server.endpoint_url, rate=0) as proxy:
+        for name in ("HTTP_PROXY", "http_proxy"):
+            monkeypatch.setenv(name, proxy.endpoint_url)
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        store = make_backend(moto_server)
+        try:
+            await store.create()
+            await store.upload_file(tmp_path / "src", "obj")
+            await store.download_file("obj", tmp_path / "down")
+            assert proxy.methods["GET"] >= 3  # the downloads went through the proxy...
+            assert proxy.agents["aiojobstore-rangeget"] == 0  # ...and not by the receiver, which has no proxy support
+            assert not store._range_getter_ok
+        finally:
+            await store.destroy()
+            await store.close()
+    assert (tmp_path / "down").read_bytes() == data
 
 
 async def test_downloads_at_once_share_the_window_with_one_get_each(server: S3Server, tmp_path: Path) -> None:

@@ -27,9 +27,15 @@ How data moves:
   would give. Ranged reads, read streams and downloads HEAD the object first (size, etag, metadata, whether it
   needs the SSE-C key), then GET ranges pinned to that etag with ``If-Match``. A dropped connection resumes
   from the byte offset reached, pinned to the ETag of the first response. Received pieces go to their
-  destination as aiohttp hands them over (no copy here); downloads write them with one thread hop per ~4 MiB
-  into a :class:`~aiojobstore.transfer.DownloadTarget` (``O_DIRECT`` where allowed, fsynced, renamed), and
-  downloads running at once share the window (:class:`~aiojobstore.transfer.TransferShare`).
+  destination as aiohttp hands them over (no copy here). Downloads write into a
+  :class:`~aiojobstore.transfer.DownloadTarget` (``O_DIRECT`` where allowed, fsynced, renamed), and downloads
+  running at once share the window (:class:`~aiojobstore.transfer.TransferShare`). Their ranged GETs go
+  through :mod:`aiojobstore.rangeget` (``direct_receive``): each is presigned with SigV4, so the range, the
+  ``If-Match`` and the SSE-C key are signed headers and nothing secret is in the URL, and its body is read from
+  the socket straight into the buffers that are then written to disk. A refused answer (anything but a plain
+  206) is repeated through aiohttp, which retries or translates it; one that says the receiver's request does
+  not suit the endpoint (403, 400, ...) also turns the receiver off for the store. A broken connection resumes
+  through aiohttp from the last whole buffer written. Endpoints reached through a proxy always use aiohttp.
   Whole-object reads verify the CRC32C; a mismatch is retried once (``get_object``, ``download_file``) and
   then raises ``IntegrityError``.
 
@@ -47,17 +53,20 @@ recorded fingerprint.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import ipaddress
 import logging
 import os
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from os import PathLike
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import anyio
 
@@ -71,8 +80,10 @@ from ..errors import (
     TransferError,
 )
 from ..locator import Locator
+from ..rangeget import RangeBroken, RangeGetter, RangeRefused
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
+    DownloadRange,
     MiB,
     Part,
     PartBuffer,
@@ -244,6 +255,9 @@ class S3Backend(Backend):
         self._client_cm: Any = None
         self._client_lock: anyio.Lock | None = None
         self._conditional_ok: bool | None = None
+        self._range_getter: RangeGetter | None = None
+        self._range_getter_ok = self.transfer.direct_receive
+        self._ca_bundle: str | bool = True
         self._send_checksums = True
         self._if_match_bare = False
 
@@ -270,6 +284,7 @@ class S3Backend(Backend):
                     retries={"total_max_attempts": 1, "mode": "standard"},
                     s3={"addressing_style": "path" if _is_ip_or_localhost(self.endpoint_url) else "auto",
                         "payload_signing_enabled": False},
+                    signature_version="s3v4",  # presigned URLs too: they sign headers instead of carrying them
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
                     connect_timeout=20,
@@ -277,6 +292,7 @@ class S3Backend(Backend):
                 )
                 try:
                     session = AioSession(profile=self.profile_name)
+                    self._ca_bundle = session.get_config_variable("ca_bundle") or True
                     cm = session.create_client(
                         "s3", endpoint_url=self.endpoint_url, region_name=self.region_name or "us-east-1",
                         config=config, **{k: v for k, v in self._credentials.items() if v is not None})
@@ -288,6 +304,9 @@ class S3Backend(Backend):
         return self._client
 
     async def close(self) -> None:
+        getter, self._range_getter = self._range_getter, None
+        if getter is not None:
+            getter.close()
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
             with anyio.CancelScope(shield=True):
@@ -1031,14 +1050,88 @@ class S3Backend(Backend):
         part_size = choose_part_size(info.size, cfg.part_size, max_parts=cfg.max_parts,
                                      min_part_size=cfg.min_part_size)
 
-        async def fetch(part: Part, sink: RangeSink) -> None:
-            await self._stream_range(key, part.offset, part.end, info.etag, sse, sink, group=_WRITE_GROUP)
+        async def fetch(part: Part, rng: DownloadRange) -> None:
+            if self._range_getter_ok:
+                try:
+                    await self._receive_range(key, rng, part.end, info.etag, sse)
+                    return
+                except RangeRefused as refused:
+                    if refused.status in _RECEIVER_MISFITS:
+                        self._range_getter_ok = False
+                        log.warning("S3 GET of %s through aiojobstore.rangeget refused (%s); this store uses "
+                                    "aiohttp from now on", key, refused)
+                except RangeBroken as broken:
+                    log.debug("S3 GET of %s broke at byte %d (%s); resuming", key, rng.position, broken)
+            # aiohttp: repeats the refused request (retrying or translating its error) or resumes a broken one
+            await self._stream_range(key, rng.position, part.end, info.etag, sse, rng, group=_WRITE_GROUP)
 
         async def verify(crc: int) -> bool:
             return await self._crc_ok(info, crc, info.size)
 
         return await download_ranges(target, info.size, fetch, config=cfg, part_size=part_size, share=share,
                                      report=Progress(progress, info.size), verify=verify)
+
+
+    async def _receive_range(self, key: str, rng: DownloadRange, end: int, etag: str | None,
+                             sse: dict[str, Any]) -> None:
+        """GET ``[rng.position, end)`` with :class:`~aiojobstore.rangeget.RangeGetter` on a presigned URL (SigV4,
+        so the range, the ETag condition and the SSE-C key travel as signed headers, never in the URL)."""
+        start = rng.position
+        if end <= start:
+            return
+        getter = await self._getter_for(key)
+        headers = {"Range": f"bytes={start}-{end - 1}"}
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "Range": headers["Range"], **sse}
+        if etag:
+            params["IfMatch"] = headers["If-Match"] = etag
+        if sse:
+            headers.update(_sse_headers(sse["SSECustomerKey"]))
+        client = await self.client()
+        url = await client.generate_presigned_url("get_object", Params=params, ExpiresIn=_RANGE_URL_EXPIRES)
+        signed = set(parse_qs(urlsplit(url).query).get("X-Amz-SignedHeaders", [""])[0].split(";"))
+        unsent = signed - {"host"} - {name.lower() for name in headers}
+        if "range" not in signed or unsent:
+            raise RangeRefused(f"the presigned URL signs {sorted(unsent) or 'no range'}, which the receiver cannot "
+                               "send as signed", status=_UNSIGNABLE)
+        async with self.limits.requests:
+            await getter.get(url, headers, start, end, rng)
+
+    async def _getter_for(self, key: str) -> RangeGetter:
+        """The store's :class:`RangeGetter`; refused when the endpoint is reached through a proxy."""
+        from botocore.utils import get_environ_proxies
+
+        client = await self.client()
+        endpoint = client.meta.endpoint_url
+        if get_environ_proxies(endpoint).get(urlsplit(endpoint).scheme):
+            raise RangeRefused(f"{endpoint} is reached through a proxy", status=_UNSIGNABLE)
+        if self._range_getter is None:
+            context = None
+            if endpoint.startswith("https:"):
+                context = await anyio.to_thread.run_sync(_ssl_context, self._ca_bundle)
+            self._range_getter = RangeGetter(ssl_context=context, max_idle=max(16, self.transfer.max_concurrency),
+                                             connect_timeout=20, read_timeout=120)
+        return self._range_getter
+
+
+def _ssl_context(ca_bundle: str | bool) -> ssl.SSLContext:
+    """The TLS settings aiobotocore's client uses: verification against ``ca_bundle`` (``AWS_CA_BUNDLE``, or
+    botocore's bundle when True); ``False`` verifies nothing."""
+    from botocore.httpsession import get_cert_path
+
+    context = ssl.create_default_context()
+    if ca_bundle is False:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    else:
+        context.load_verify_locations(get_cert_path(ca_bundle))
+    return context
+
+
+def _sse_headers(sse_key: bytes) -> dict[str, str]:
+    """The SSE-C request headers for ``sse_key``, as botocore signs them."""
+    return {"x-amz-server-side-encryption-customer-algorithm": "AES256",
+            "x-amz-server-side-encryption-customer-key": base64.b64encode(sse_key).decode(),
+            "x-amz-server-side-encryption-customer-key-MD5": base64.b64encode(hashlib.md5(sse_key).digest()).decode()}
 
 
 def _chunk_reader(body: Any) -> Callable[[int], Awaitable[bytes]]:
@@ -1066,6 +1159,13 @@ class _ReplacedWhileReading(TransferError):
 _MAX_REREADS = 8
 #: Bytes received per thread hop of a download (a pwrite and a CRC32C of the pieces as received).
 _WRITE_GROUP = 4 * MiB
+#: Lifetime of the presigned URL of one ranged GET: it is sent at once, so this only bounds clock skew.
+_RANGE_URL_EXPIRES = 900
+#: A refusal with this status: the request could not be signed as the receiver sends it.
+_UNSIGNABLE = -1
+#: Refusals that say the receiver's request does not suit this endpoint (its signature, its protocol), so the
+#: store stops using it; anything else (a 412, 404, 5xx) is the server's answer to a good request.
+_RECEIVER_MISFITS = {_UNSIGNABLE, 0, 400, 401, 403, 405, 411, 501, 505}
 
 def _bare(etag: str | None) -> str | None:
     return None if etag is None else etag.strip('"')
