@@ -433,6 +433,13 @@ async def test_presigned_url_serves_the_object(backend: S3Backend) -> None:
     assert await anyio.to_thread.run_sync(fetch) == b"hello world"
 
 
+async def test_presigned_urls_last_at_most_seven_days(backend: S3Backend) -> None:
+    assert "X-Amz-Expires=604800" in await backend.presign("k", expires=7 * 24 * 3600)
+    for expires in (0, 7 * 24 * 3600 + 1):
+        with pytest.raises(JobStoreError, match="7 days"):
+            await backend.presign("k", expires=expires)
+
+
 # ------------------------------------------------------------------------------------------ bucket lifecycle
 
 

@@ -824,6 +824,9 @@ class S3Backend(Backend):
 
     async def presign(self, key: str, expires: int = 3600) -> str:
         validate_key(key)
+        if not 1 <= expires <= _MAX_PRESIGN_EXPIRES:
+            raise JobStoreError(f"an S3 presigned URL (SigV4) lasts 1 s to 7 days ({_MAX_PRESIGN_EXPIRES} s), not "
+                                f"{expires} s; ask for an expiry in that range")
         client = await self.client()
         return await client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=int(expires))
@@ -1159,6 +1162,8 @@ class _ReplacedWhileReading(TransferError):
 _MAX_REREADS = 8
 #: Bytes received per thread hop of a download (a pwrite and a CRC32C of the pieces as received).
 _WRITE_GROUP = 4 * MiB
+#: Longest a SigV4 presigned URL may last (AWS refuses longer ones when they are used).
+_MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 #: Lifetime of the presigned URL of one ranged GET: it is sent at once, so this only bounds clock skew.
 _RANGE_URL_EXPIRES = 900
 #: A refusal with this status: the request could not be signed as the receiver sends it.
