@@ -1082,7 +1082,7 @@ class S3Backend(Backend):
         start = rng.position
         if end <= start:
             return
-        getter = await self._getter_for(key)
+        getter = await self._getter_for()
         headers = {"Range": f"bytes={start}-{end - 1}"}
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key), "Range": headers["Range"], **sse}
         if etag:
@@ -1099,7 +1099,7 @@ class S3Backend(Backend):
         async with self.limits.requests:
             await getter.get(url, headers, start, end, rng)
 
-    async def _getter_for(self, key: str) -> RangeGetter:
+    async def _getter_for(self) -> RangeGetter:
         """The store's :class:`RangeGetter`; refused when the endpoint is reached through a proxy."""
         from botocore.utils import get_environ_proxies
 
