@@ -4,9 +4,10 @@
     python benchmarks/bench_gcs.py [--size-mib 256] [--small 500] [--repeat 3] [--emulator-host URL]
                                    [--peer-python /tmp/gcsfs-venv/bin/python]
 
-Without ``--emulator-host`` a gcp-storage-emulator (``--in-memory``) is started on a free loopback port and
-stopped at the end. Each library runs every case in its own subprocess, so peak RSS (``VmHWM``) is that
-library's alone; the emulator is wiped between cases. gcsfs may need an aiohttp that conflicts with the project
+Without ``--emulator-host`` a gcp-storage-emulator (in memory, through the tests' launcher
+``tests/servers/gcs_emulator.py``) is started on a free loopback port and stopped at the end. Each library
+runs every case in its own subprocess, so peak RSS (``VmHWM``) is that library's alone; the emulator is wiped
+between cases. gcsfs may need an aiohttp that conflicts with the project
 venv: install it into its own venv and pass that interpreter with ``--peer-python`` (the default is
 ``/tmp/gcsfs-venv/bin/python`` when it exists).
 
@@ -129,10 +130,12 @@ def http(method: str, url: str, body: bytes | None = None) -> bytes:
 
 
 def start_emulator() -> tuple[subprocess.Popen, str]:
-    exe = shutil.which("gcp-storage-emulator") or str(Path(sys.executable).with_name("gcp-storage-emulator"))
+    """The tests' launcher (``tests/servers/gcs_emulator.py``): the emulator with a listen backlog deep enough for
+    a store's bursts of connections, which stock ``gcp-storage-emulator start`` (backlog 5) stalls on."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([exe, "start", "-H", "127.0.0.1", "--port", str(port), "--in-memory", "-q"],
+    process = subprocess.Popen([sys.executable, str(HERE.parent / "tests" / "servers" / "gcs_emulator.py"),
+                                "--host", "127.0.0.1", "--port", str(port)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(300):
         try:
