@@ -51,7 +51,10 @@ class TransferConfig:
     of at least one part write to disk with ``O_DIRECT`` where the filesystem allows it (see
     :class:`DownloadTarget`); ``False`` keeps every download in the page cache. With ``direct_receive``, the
     ranged GETs of S3 downloads are received by :mod:`aiojobstore.rangeget` straight into page-aligned buffers
-    (not through aiohttp) where the endpoint is reached without a proxy; ``False`` always uses aiohttp.
+    (not through aiohttp) where the endpoint is reached without a proxy; ``False`` always uses aiohttp. With
+    ``direct_requests``, the S3 backend sends small PutObject, GetObject, HeadObject and DeleteObject requests
+    itself (:mod:`aiojobstore.backends.s3direct`, SigV4-signed on aiohttp) instead of through botocore, which
+    costs several times the client CPU per request; ``False`` sends every request through botocore.
     """
 
     part_size: int = DEFAULT_PART_SIZE
@@ -67,6 +70,7 @@ class TransferConfig:
     io_slice_size: int = IO_SLICE_SIZE
     direct_io: bool = True
     direct_receive: bool = True
+    direct_requests: bool = True
 
     def __post_init__(self) -> None:
         if self.part_size < 1:

@@ -123,7 +123,9 @@ def _reset(sock: socket.socket) -> None:
 class FaultProxy:
     """A loopback HTTP/1.1 proxy in front of ``upstream`` that injects failures into ``rate`` of the requests:
     a 503 SlowDown, a 500 InternalError, a connection reset before forwarding, or (for GETs) a reset halfway
-    through the response body. Every connection carries one request (``Connection: close``)."""
+    through the response body. Every connection carries one request (``Connection: close``). Requests whose
+    User-Agent product is ``refuse_agent`` are answered ``403 SignatureDoesNotMatch``, as an endpoint that cannot
+    verify them would."""
 
     def __init__(self, upstream: str, *, rate: float = 0.2, seed: int = 7) -> None:
         host_port = upstream.split("//", 1)[1].rstrip("/")
@@ -136,6 +138,8 @@ class FaultProxy:
         self.requests = 0
         self.methods: collections.Counter[str] = collections.Counter()
         self.agents: collections.Counter[str] = collections.Counter()  # requests per User-Agent product name
+        self.refuse_agent: str | None = None
+        self.refused = 0
         self.in_flight: collections.Counter[str] = collections.Counter()
         self.peak_in_flight: collections.Counter[str] = collections.Counter()
         self.sock = socket.socket()
@@ -182,9 +186,12 @@ class FaultProxy:
                 return
             head_part, _, body = head.partition(b"\r\n\r\n")
             method = head_part.split(b" ", 1)[0]
+            agent = _user_agent(head_part)
             with self.lock:
-                self.agents[_user_agent(head_part)] += 1
-            fate = self._fate(method)
+                self.agents[agent] += 1
+                refused = agent == self.refuse_agent
+                self.refused += refused
+            fate = "403" if refused else self._fate(method)
             with self._counted(method.decode()):
                 self._relay(client, head_part, body, method, fate)
         except OSError:
@@ -221,9 +228,10 @@ class FaultProxy:
             if fate == "reset":  # the whole request was sent; the connection dies before any response
                 _reset(client)
                 return
-            if fate in ("503", "500"):
-                code, reason, err = ("503", "Slow Down", "SlowDown") if fate == "503" else \
-                    ("500", "Internal Server Error", "InternalError")
+            if fate in ("503", "500", "403"):
+                code, reason, err = {"503": ("503", "Slow Down", "SlowDown"),
+                                     "500": ("500", "Internal Server Error", "InternalError"),
+                                     "403": ("403", "Forbidden", "SignatureDoesNotMatch")}[fate]
                 payload = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{err}</Code>'
                            f"<Message>injected by FaultProxy</Message></Error>").encode()
                 client.sendall(f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/xml\r\n"

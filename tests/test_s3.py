@@ -303,9 +303,10 @@ async def test_faulty_network_keeps_every_byte_intact(server: S3Server, tmp_path
             assert await store.get_bytes(f"small/{i}") == data[i * 100 : i * 100 + 100]
         assert await store.pending_uploads() == []
         assert store._range_getter_ok  # 5xx answers and broken connections do not turn the receiver off
+        assert store._direct_ok  # ...nor direct requests
     assert sum(proxy.injected.values()) >= 5, proxy.injected
     assert proxy.injected["cut"] >= 1, proxy.injected
-    assert proxy.agents["aiojobstore-rangeget"] >= 1
+    assert proxy.agents["aiojobstore-rangeget"] >= 1 and proxy.agents["aiojobstore-direct"] >= 20
 
 
 async def test_downloads_are_received_by_rangeget_also_encrypted(server: S3Server, tmp_path: Path) -> None:
@@ -347,10 +348,63 @@ async def test_behind_an_http_proxy_downloads_leave_rangeget_aside(moto_server: 
             assert proxy.methods["GET"] >= 3  # the downloads went through the proxy...
             assert proxy.agents["aiojobstore-rangeget"] == 0  # ...and not by the receiver, which has no proxy support
             assert not store._range_getter_ok
+            assert proxy.agents["aiojobstore-direct"] == 0 and not store._direct_ok  # nor by direct requests
         finally:
             await store.destroy()
             await store.close()
     assert (tmp_path / "down").read_bytes() == data
+
+
+# Keys whose path encoding and signing must agree with the server's: spaces, reserved and non-ASCII characters.
+AWKWARD_KEYS = ["plain", "with space/and+plus", "tilde~ and (parens) & amp=eq;semi", "percent%20kept", "ünïcødé/日本",
+                "quote'\"double", "star*at@hash#bang!", "comma,colon:dollar$"]
+
+
+async def test_small_requests_go_direct_and_are_signed_for_any_key(server: S3Server) -> None:
+    async with store_behind_proxy(server, sse_key=KEY) as (store, proxy):
+        before_direct, before_all = proxy.agents["aiojobstore-direct"], proxy.requests
+        for key in AWKWARD_KEYS:
+            await store.put_bytes(key, key.encode(), metadata={"origin": "test"})
+            info = await store.stat(key)
+            assert info is not None and info.size == len(key.encode()) and info.metadata["origin"] == "test"
+            assert await store.get_bytes(key) == key.encode()
+        listed = {info.key async for info in store.list(metadata=False)}  # botocore's listing: same names
+        assert listed == set(AWKWARD_KEYS)
+        await store.put_bytes("secret", b"sealed", encrypted=True)
+        assert await store.get_bytes("secret") == b"sealed"
+        for key in AWKWARD_KEYS:
+            await store.delete(key)
+            assert await store.stat(key) is None
+        with pytest.raises(NoSuchFileError):
+            await store.get_bytes("plain")
+        sent = proxy.requests - before_all
+        direct = proxy.agents["aiojobstore-direct"] - before_direct
+        assert store._direct_ok  # no answer made the store give up on direct requests (a bad signature would)
+    # put, stat, get per key; delete and stat per key; the encrypted put and its get (plus the keyless first try
+    # where the server enforces SSE-C); the missing get. Every one of them direct, all but the listing.
+    assert direct == sent - 1 and sent >= 5 * len(AWKWARD_KEYS) + 4, (direct, sent, proxy.agents)
+
+
+async def test_direct_requests_off_sends_everything_through_botocore(server: S3Server) -> None:
+    async with store_behind_proxy(server, direct_requests=False) as (store, proxy):
+        await store.put_bytes("a", b"1")
+        assert await store.get_bytes("a") == b"1"
+        assert await store.stat("a") is not None
+        await store.delete("a")
+    assert proxy.agents["aiojobstore-direct"] == 0 and proxy.requests >= 4
+
+
+async def test_an_endpoint_refusing_direct_requests_gets_them_from_botocore(
+        server: S3Server, caplog: pytest.LogCaptureFixture) -> None:
+    async with store_behind_proxy(server) as (store, proxy):
+        proxy.refuse_agent = "aiojobstore-direct"
+        await store.put_bytes("a", b"one")  # refused (403 SignatureDoesNotMatch), repeated through botocore
+        assert await store.get_bytes("a") == b"one"
+        await store.put_bytes("b", b"two")
+        assert await store.get_bytes("b") == b"two"
+        assert not store._direct_ok
+    assert proxy.refused == 1  # one refusal, then botocore only
+    assert "small requests go through botocore" in caplog.text
 
 
 async def test_downloads_at_once_share_the_window_with_one_get_each(server: S3Server, tmp_path: Path) -> None:

@@ -5,6 +5,12 @@ How data moves:
 - One aiobotocore client per backend, created lazily inside the running event loop on first use; its connection
   pool is sized to ``max_requests`` (the default pool of 10 would silently cap parallelism). botocore's own retries
   are off (one attempt): every request is retried here, per request, with :class:`RetryPolicy`.
+- The hot small requests (PutObject with a ``bytes`` body up to 1 MiB, GetObject, HeadObject, DeleteObject)
+  skip botocore: :mod:`aiojobstore.backends.s3direct` sends them on aiohttp, SigV4-signed, with the same
+  parameters and response dicts (``direct_requests``; about a third of the client CPU per request). Its error
+  answers are botocore ``ClientError``s, so retries and translation are the same. One that may be the direct
+  request's own fault (a 403, a bad signature, a redirect) is repeated through botocore, and if botocore's gets
+  through, the store sends everything through botocore from then on.
 - Request bodies are never handed to aiohttp as one big ``bytes``: a part is an async iterable of ~1 MiB slices
   (``os.pread`` in a worker thread for files, memoryview slices for buffered stream parts), sent with an explicit
   Content-Length. That keeps a part in flight at about one slice of memory and is several times faster than one
@@ -53,9 +59,7 @@ recorded fingerprint.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
 import ipaddress
 import logging
 import os
@@ -111,6 +115,8 @@ from ..transfer import (
     with_retries,
 )
 from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, validate_key
+from .s3direct import OPERATIONS as DIRECT_OPERATIONS
+from .s3direct import S3DirectRequests, bucket_url_from_presigned, sse_headers
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
@@ -257,6 +263,8 @@ class S3Backend(Backend):
         self._conditional_ok: bool | None = None
         self._range_getter: RangeGetter | None = None
         self._range_getter_ok = self.transfer.direct_receive
+        self._direct: S3DirectRequests | None = None
+        self._direct_ok = self.transfer.direct_requests
         self._ca_bundle: str | bool = True
         self._send_checksums = True
         self._if_match_bare = False
@@ -301,12 +309,46 @@ class S3Backend(Backend):
                     raise BackendUnavailableError(f"cannot create an S3 client for {self.describe()}: {error}. "
                                                   "Check endpoint_url, region_name, profile and credentials") from error
                 self._client_cm = cm
+                await self._start_direct_requests(self._client)
         return self._client
+
+    async def _start_direct_requests(self, client: Any) -> None:
+        """Set up :class:`~aiojobstore.backends.s3direct.S3DirectRequests` for this store's bucket, unless
+        ``direct_requests`` is off, the endpoint is reached through a proxy, requests are not signed, or botocore
+        addresses the bucket in a way the direct requests cannot follow."""
+        if not self._direct_ok:
+            return
+        from botocore.utils import get_environ_proxies
+
+        endpoint = client.meta.endpoint_url
+        credentials = client._get_credentials()  # botocore's own object: refreshed as botocore refreshes it
+        try:
+            if get_environ_proxies(endpoint).get(urlsplit(endpoint).scheme):
+                raise ValueError(f"{endpoint} is reached through a proxy")
+            if credentials is None:
+                raise ValueError("requests are not signed (no credentials)")
+            url = await client.generate_presigned_url("get_object", Params={"Bucket": self.bucket,
+                                                                            "Key": _DIRECT_PROBE_KEY}, ExpiresIn=60)
+            base_url, region = bucket_url_from_presigned(url, _DIRECT_PROBE_KEY)
+        except ValueError as reason:
+            log.info("S3 %s: small requests go through botocore: %s", self.describe(), reason)
+            self._direct_ok = False
+            return
+        context = None
+        if base_url.startswith("https:"):
+            context = await anyio.to_thread.run_sync(_ssl_context, self._ca_bundle)
+        self._direct = S3DirectRequests(bucket=self.bucket, base_url=base_url, region=region,
+                                        credentials=credentials.get_frozen_credentials, ssl_context=context,
+                                        max_connections=max(self.transfer.max_requests, 10))
 
     async def close(self) -> None:
         getter, self._range_getter = self._range_getter, None
         if getter is not None:
             getter.close()
+        direct, self._direct = self._direct, None
+        if direct is not None:
+            with anyio.CancelScope(shield=True):
+                await direct.close()
         cm, self._client_cm, self._client = self._client_cm, None, None
         if cm is not None:
             with anyio.CancelScope(shield=True):
@@ -325,9 +367,27 @@ class S3Backend(Backend):
         """One S3 call under the store's request limit, retried per :class:`RetryPolicy`, errors translated."""
         client = await self.client()
         method = getattr(client, operation)
+        direct = self._direct if operation in DIRECT_OPERATIONS else None
+        if direct is not None and not direct.accepts(operation, params):
+            direct = None
 
         async def once() -> Any:
             async with self.limits.requests:
+                if direct is not None and self._direct_ok:
+                    try:
+                        return await direct.call(operation, params)
+                    except Exception as error:
+                        if not _maybe_misfit(error):
+                            raise
+                        refusal = _error_code(error) or _http_status(error)
+                    # An answer botocore might not get: repeat it there; if botocore succeeds, stop sending
+                    # direct requests (this endpoint wants something they do not do).
+                    response = await method(**params)
+                    log.warning("S3 %s: %s answered the direct request with %s but botocore's with success; "
+                                "small requests go through botocore from now on", self.describe(), operation,
+                                refusal)
+                    self._direct_ok = False
+                    return response
                 return await method(**params)
 
         try:
@@ -1088,7 +1148,7 @@ class S3Backend(Backend):
         if etag:
             params["IfMatch"] = headers["If-Match"] = etag
         if sse:
-            headers.update(_sse_headers(sse["SSECustomerKey"]))
+            headers.update(sse_headers(sse["SSECustomerKey"]))
         client = await self.client()
         url = await client.generate_presigned_url("get_object", Params=params, ExpiresIn=_RANGE_URL_EXPIRES)
         signed = set(parse_qs(urlsplit(url).query).get("X-Amz-SignedHeaders", [""])[0].split(";"))
@@ -1130,13 +1190,6 @@ def _ssl_context(ca_bundle: str | bool) -> ssl.SSLContext:
     return context
 
 
-def _sse_headers(sse_key: bytes) -> dict[str, str]:
-    """The SSE-C request headers for ``sse_key``, as botocore signs them."""
-    return {"x-amz-server-side-encryption-customer-algorithm": "AES256",
-            "x-amz-server-side-encryption-customer-key": base64.b64encode(sse_key).decode(),
-            "x-amz-server-side-encryption-customer-key-MD5": base64.b64encode(hashlib.md5(sse_key).digest()).decode()}
-
-
 def _chunk_reader(body: Any) -> Callable[[int], Awaitable[bytes]]:
     """``read(limit)`` returning the next piece of ``body`` as received. On aiohttp that is the buffered piece
     itself (``StreamReader.readchunk``), never a join of several (a copy of every byte, 7% of a download's
@@ -1170,6 +1223,21 @@ _RANGE_URL_EXPIRES = 900
 _UNSIGNABLE = -1
 #: Refusals that say the receiver's request does not suit this endpoint (its signature, its protocol), so the
 #: store stops using it; anything else (a 412, 404, 5xx) is the server's answer to a good request.
+#: Key (never written) of the URL presigned once to learn how botocore addresses the bucket.
+_DIRECT_PROBE_KEY = "aiojobstore-address-probe"
+#: Error codes of a direct request that botocore's request may not get (signing, addressing, redirects).
+_DIRECT_MISFIT_CODES = {"SignatureDoesNotMatch", "AuthorizationHeaderMalformed", "PermanentRedirect",
+                        "TemporaryRedirect", "MissingContentLength", "XAmzContentSHA256Mismatch", "NotImplemented",
+                        "IllegalLocationConstraintException"}
+_DIRECT_MISFIT_STATUSES = {301, 302, 307, 403, 405, 411, 501, 505}
+
+
+def _maybe_misfit(error: BaseException) -> bool:
+    """Whether a direct request's error answer may be the direct request's own fault (a HEAD's 403 has no body
+    to tell a bad signature from a denied permission)."""
+    return _error_code(error) in _DIRECT_MISFIT_CODES or _http_status(error) in _DIRECT_MISFIT_STATUSES
+
+
 _RECEIVER_MISFITS = {_UNSIGNABLE, 0, 400, 401, 403, 405, 411, 501, 505}
 
 def _bare(etag: str | None) -> str | None:
