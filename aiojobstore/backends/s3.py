@@ -318,19 +318,17 @@ class S3Backend(Backend):
         addresses the bucket in a way the direct requests cannot follow."""
         if not self._direct_ok:
             return
-        from botocore.utils import get_environ_proxies
-
         endpoint = client.meta.endpoint_url
         credentials = client._get_credentials()  # botocore's own object: refreshed as botocore refreshes it
         try:
-            if get_environ_proxies(endpoint).get(urlsplit(endpoint).scheme):
+            if _behind_proxy(endpoint):
                 raise ValueError(f"{endpoint} is reached through a proxy")
             if credentials is None:
                 raise ValueError("requests are not signed (no credentials)")
             url = await client.generate_presigned_url("get_object", Params={"Bucket": self.bucket,
                                                                             "Key": _DIRECT_PROBE_KEY}, ExpiresIn=60)
             base_url, region = bucket_url_from_presigned(url, _DIRECT_PROBE_KEY)
-        except ValueError as reason:
+        except Exception as reason:  # an optimisation that cannot be set up: botocore does the work
             log.info("S3 %s: small requests go through botocore: %s", self.describe(), reason)
             self._direct_ok = False
             return
@@ -1161,11 +1159,9 @@ class S3Backend(Backend):
 
     async def _getter_for(self) -> RangeGetter:
         """The store's :class:`RangeGetter`; refused when the endpoint is reached through a proxy."""
-        from botocore.utils import get_environ_proxies
-
         client = await self.client()
         endpoint = client.meta.endpoint_url
-        if get_environ_proxies(endpoint).get(urlsplit(endpoint).scheme):
+        if _behind_proxy(endpoint):
             raise RangeRefused(f"{endpoint} is reached through a proxy", status=_UNSIGNABLE)
         if self._range_getter is None:
             context = None
@@ -1174,6 +1170,14 @@ class S3Backend(Backend):
             self._range_getter = RangeGetter(ssl_context=context, max_idle=max(16, self.transfer.max_concurrency),
                                              connect_timeout=20, read_timeout=120)
         return self._range_getter
+
+
+def _behind_proxy(endpoint: str) -> bool:
+    """Whether the environment (``HTTP(S)_PROXY``, ``NO_PROXY``) sends requests to ``endpoint`` through a proxy,
+    as botocore decides it."""
+    from botocore.utils import get_environ_proxies
+
+    return bool(get_environ_proxies(endpoint).get(urlsplit(endpoint).scheme))
 
 
 def _ssl_context(ca_bundle: str | bool) -> ssl.SSLContext:
