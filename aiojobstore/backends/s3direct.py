@@ -23,6 +23,7 @@ once from a URL presigned by the botocore client, so addressing follows botocore
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
 import hmac
@@ -227,10 +228,8 @@ def _response_fields(response: Any) -> dict[str, Any]:
     if "Content-Range" in headers:
         result["ContentRange"] = headers["Content-Range"]
     if "Last-Modified" in headers:
-        try:
+        with contextlib.suppress(TypeError, ValueError):  # an unparsable date is left out, as if not sent
             result["LastModified"] = parsedate_to_datetime(headers["Last-Modified"])
-        except (TypeError, ValueError):
-            pass
     algorithm = headers.get("x-amz-server-side-encryption-customer-algorithm")
     if algorithm:
         result["SSECustomerAlgorithm"] = algorithm
