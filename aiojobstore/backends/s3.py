@@ -7,7 +7,7 @@ How data moves:
   are off (one attempt): every request is retried here, per request, with :class:`RetryPolicy`.
 - The hot small requests (PutObject with a ``bytes`` body up to 1 MiB, GetObject, HeadObject, DeleteObject)
   skip botocore: :mod:`aiojobstore.backends.s3direct` sends them on aiohttp, SigV4-signed, with the same
-  parameters and response dicts (``direct_requests``; about a third of the client CPU per request). Its error
+  parameters and response dicts (``direct_requests``; about 40% of the client CPU per request). Its error
   answers are botocore ``ClientError``s, so retries and translation are the same. One that may be the direct
   request's own fault (a 403, a bad signature, a redirect) is repeated through botocore, and if botocore's gets
   through, the store sends everything through botocore from then on.
