@@ -115,7 +115,6 @@ from ..transfer import (
     with_retries,
 )
 from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, validate_key
-from .s3direct import OPERATIONS as DIRECT_OPERATIONS
 from .s3direct import S3DirectRequests, bucket_url_from_presigned, sse_headers
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -365,9 +364,7 @@ class S3Backend(Backend):
         """One S3 call under the store's request limit, retried per :class:`RetryPolicy`, errors translated."""
         client = await self.client()
         method = getattr(client, operation)
-        direct = self._direct if operation in DIRECT_OPERATIONS else None
-        if direct is not None and not direct.accepts(operation, params):
-            direct = None
+        direct = self._direct if self._direct is not None and self._direct.accepts(operation, params) else None
 
         async def once() -> Any:
             async with self.limits.requests:

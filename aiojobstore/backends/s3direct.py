@@ -35,20 +35,19 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 USER_AGENT = "aiojobstore-direct/1"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
-#: Operations :class:`S3DirectRequests` sends itself.
-OPERATIONS = frozenset({"put_object", "get_object", "head_object", "delete_object"})
-_OPERATION_NAMES = {"put_object": "PutObject", "get_object": "GetObject", "head_object": "HeadObject",
-                    "delete_object": "DeleteObject"}
+_SSE_PARAMS = ("SSECustomerAlgorithm", "SSECustomerKey")
 _HEADER_PARAMS = {"IfMatch": "if-match", "IfNoneMatch": "if-none-match", "Range": "range",
                   "ChecksumCRC32C": "x-amz-checksum-crc32c"}
-_SSE_PARAMS = {"SSECustomerAlgorithm", "SSECustomerKey"}
-_ACCEPTED = {
-    "put_object": {"Bucket", "Key", "Body", "ContentLength", "Metadata", "ChecksumCRC32C", "IfMatch", "IfNoneMatch",
-                   *_SSE_PARAMS},
-    "get_object": {"Bucket", "Key", "IfMatch", "Range", *_SSE_PARAMS},
-    "head_object": {"Bucket", "Key", "IfMatch", *_SSE_PARAMS},
-    "delete_object": {"Bucket", "Key"},
+#: Per operation: its HTTP method, its name in botocore's errors, and the parameters sent here.
+_OPERATIONS: dict[str, tuple[str, str, frozenset[str]]] = {
+    "put_object": ("PUT", "PutObject", frozenset({"Bucket", "Key", "Body", "ContentLength", "Metadata",
+                                                  "ChecksumCRC32C", "IfMatch", "IfNoneMatch", *_SSE_PARAMS})),
+    "get_object": ("GET", "GetObject", frozenset({"Bucket", "Key", "IfMatch", "Range", *_SSE_PARAMS})),
+    "head_object": ("HEAD", "HeadObject", frozenset({"Bucket", "Key", "IfMatch", *_SSE_PARAMS})),
+    "delete_object": ("DELETE", "DeleteObject", frozenset({"Bucket", "Key"})),
 }
+#: Operations :class:`S3DirectRequests` sends itself.
+OPERATIONS = frozenset(_OPERATIONS)
 _META_PREFIX = "x-amz-meta-"
 _PRINTABLE_ASCII = re.compile(r"[\x20-\x7e]*")
 _ERROR_FIELD = re.compile(r"<(Code|Message)>(.*?)</\1>", re.DOTALL)
@@ -165,8 +164,8 @@ class S3DirectRequests:
 
     def accepts(self, operation: str, params: Mapping[str, Any]) -> bool:
         """Whether :meth:`call` sends this call itself (else botocore must)."""
-        accepted = _ACCEPTED.get(operation)
-        if accepted is None or params.get("Bucket") != self.bucket or not params.keys() <= accepted:
+        known = _OPERATIONS.get(operation)
+        if known is None or params.get("Bucket") != self.bucket or not params.keys() <= known[2]:
             return False
         body = params.get("Body", b"")
         if not isinstance(body, bytes | bytearray | memoryview):
@@ -187,7 +186,7 @@ class S3DirectRequests:
         for name, value in (params.get("Metadata") or {}).items():
             headers[_META_PREFIX + name.lower()] = value
         body = params.get("Body")
-        method = {"put_object": "PUT", "get_object": "GET", "head_object": "HEAD", "delete_object": "DELETE"}[operation]
+        method, operation_name, _ = _OPERATIONS[operation]
         credentials = await self._credentials()
         signed = self._signer.sign(method, self._host, path, headers, access_key=credentials.access_key,
                                    secret_key=credentials.secret_key, token=credentials.token)
@@ -198,7 +197,7 @@ class S3DirectRequests:
         try:
             if response.status >= 300:
                 text = b"" if method == "HEAD" else await response.content.read(_MAX_ERROR_BODY)
-                raise ClientError(_error_response(response, text), _OPERATION_NAMES[operation])
+                raise ClientError(_error_response(response, text), operation_name)
             result = _response_fields(response)
             if method == "GET":
                 result["Body"] = DirectBody(response)
