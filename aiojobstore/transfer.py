@@ -38,6 +38,8 @@ DEFAULT_PART_SIZE = 50 * MiB
 MIN_PART_SIZE = 5 * MiB
 MAX_PARTS = 10_000
 IO_SLICE_SIZE = MiB
+#: Worker threads one store hashes local files with (:meth:`TransferLimits.file_crc32c`), queued in arrival order.
+CHECKSUM_THREADS = max(2, os.cpu_count() or 2)
 
 
 @dataclass(frozen=True)
@@ -747,6 +749,14 @@ class TransferLimits:
         self.memory = MemoryBudget(config.max_memory)
         self.downloads = TransferShare(config.max_concurrency)
         self.uploads = TransferShare(config.max_concurrency)
+        self.file_checksums = anyio.CapacityLimiter(CHECKSUM_THREADS)
+
+    async def file_crc32c(self, path: str | os.PathLike[str], offset: int, length: int) -> int:
+        """CRC32C of a range of a local file, read and hashed in a worker thread. Threads are shared first come,
+        first served by the whole store (:data:`CHECKSUM_THREADS`), so that uploads started together finish their
+        checksum pre-passes one after the other and start sending one after the other, instead of all hashing at
+        once and all sending only when the last of them has finished hashing."""
+        return await anyio.to_thread.run_sync(file_range_crc32c, path, offset, length, limiter=self.file_checksums)
 
 
 ProgressCallback = Callable[[int, int | None], Any]

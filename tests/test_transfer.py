@@ -23,6 +23,8 @@ from aiojobstore.transfer import (
     PartWindow,
     Progress,
     RetryPolicy,
+    TransferConfig,
+    TransferLimits,
     TransferShare,
     combine_part_crcs,
     crc32c_combine,
@@ -67,6 +69,28 @@ def test_file_range_crc32c(tmp_path):
     (tmp_path / "f").write_bytes(data)
     assert file_range_crc32c(tmp_path / "f", 1000, 500_000, slice_size=4096) == reference_crc32c.crc32c(
         data[1000:501_000])
+
+
+async def test_file_checksums_are_served_in_arrival_order_store_wide(tmp_path):
+    """The store's checksum threads go first come, first served: a big file hashed first finishes first even
+    when smaller ones queue behind it (in parallel threads the smallest would finish first)."""
+    limits = TransferLimits(TransferConfig())
+    limits.file_checksums.total_tokens = 1
+    sizes = [16 * MiB, 4 * MiB, MiB, 1000]
+    for i, size in enumerate(sizes):
+        (tmp_path / f"f{i}").write_bytes(os.urandom(size))
+    finished: list[int] = []
+
+    async def hash_file(i: int) -> None:
+        value = await limits.file_crc32c(tmp_path / f"f{i}", 0, sizes[i])
+        assert value == reference_crc32c.crc32c((tmp_path / f"f{i}").read_bytes())
+        finished.append(i)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(sizes)):
+            tg.start_soon(hash_file, i)
+            await anyio.lowlevel.checkpoint()  # each call queues before the next one starts
+    assert finished == [0, 1, 2, 3]
 
 
 async def test_sliding_window_keeps_max_concurrency_in_flight_and_starts_next_at_once():

@@ -101,7 +101,6 @@ from ..transfer import (
     crc32c_from_b64,
     crc32c_to_b64,
     download_ranges,
-    file_range_crc32c,
     iter_buffer_slices,
     iter_file_slices,
     plan_parts,
@@ -893,7 +892,7 @@ class GCSBackend(Backend):
             parts = plan_parts(size, self.transfer.part_size, max_parts=self.transfer.max_parts,
                                min_part_size=self.transfer.min_part_size)
             if len(parts) == 1:
-                crc = await anyio.to_thread.run_sync(file_range_crc32c, path, 0, size)
+                crc = await self.limits.file_crc32c(path, 0, size)
                 resource = await self._upload_simple(name, None, crc=crc, metadata=meta, encrypted=encrypted, key=key,
                                                      file_range=(path, 0, size), progress=report)
                 return self._info(resource)
@@ -902,7 +901,7 @@ class GCSBackend(Backend):
             created = list(names)
             try:
                 async def one(part: Part) -> tuple[str, int, int]:
-                    crc = await anyio.to_thread.run_sync(file_range_crc32c, path, part.offset, part.length)
+                    crc = await self.limits.file_crc32c(path, part.offset, part.length)
                     await self._upload_part(names[part.number - 1], None, crc=crc, encrypted=encrypted,
                                             file_range=(path, part.offset, part.length), progress=report)
                     return names[part.number - 1], crc, part.length
