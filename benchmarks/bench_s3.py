@@ -528,6 +528,16 @@ def main() -> int:
         if "multi_down" in cases:
             seeds.update({str(data / f"multi-{i}"): f"seed/multi-{i}" for i in range(multi_n)})
         s3_admin(server, bucket, "seed", seeds)
+        # A freshly started server is slow to take its first GiBs (Ceph's memstore OSD allocates as it goes: on
+        # this VM the first 16 x 128 MiB upload after a start ran at 230-330 MB/s, later ones at 400+, for every
+        # client), which would fall on whichever client happens to run first. Warm it up, untimed, with as many
+        # bytes as the largest case moves, then delete them.
+        warm = [p for p in [big_path, *(data / f"multi-{i}" for i in range(multi_n))] if p.exists()]
+        if warm:
+            print(f"warming the server up (untimed): {len(warm)} files, {sum(p.stat().st_size for p in warm) >> 20}"
+                  " MiB ...", flush=True)
+            s3_admin(server, bucket, "seed", {str(p): f"run/warmup/{p.name}" for p in warm})
+            s3_admin(server, bucket, "clean")
         server.collect_garbage()
         print(f"{len(runs)} client configurations x {len(cases)} cases x {args.repeats} repeats on {server.name}",
               flush=True)
