@@ -16,12 +16,12 @@ How data moves:
   Content-Length. That keeps a part in flight at about one slice of memory and is several times faster than one
   large ``bytes`` body. Payload signing is off (``UNSIGNED-PAYLOAD``): CRC32C gives integrity without SHA-256ing
   every byte on plain-http endpoints.
-- Uploads of a file first compute the CRC32C of every part in worker threads (a pass over the page cache, at
-  about 9 GB/s on this project's VM; the store's checksum threads serve uploads in arrival order), so that each part is sent with ``x-amz-checksum-crc32c`` (checked by servers that support flexible
-  checksums, ignored by older ones such as Ceph 16) and the whole-object CRC32C, combined arithmetically from the
-  parts, can be put in the object's metadata (``ajs-crc32c``) at CreateMultipartUpload. The slices sent are
-  hashed again while they go out; a file that changed between the passes fails the upload instead of storing
-  bytes that do not match their checksum.
+- Uploads of a file first compute the CRC32C of every part in worker threads (a pass over the page cache, at about 9
+  GB/s on this project's VM; the store's checksum threads serve uploads in arrival order), so that each part is sent
+  with ``x-amz-checksum-crc32c`` (checked by servers that support flexible checksums, ignored by older ones such as
+  Ceph 16) and the whole-object CRC32C, combined arithmetically from the parts, can be put in the object's metadata
+  (``ajs-crc32c``) at CreateMultipartUpload. The slices sent are hashed again while they go out; a file that changed
+  between the passes fails the upload instead of storing bytes that do not match their checksum.
 - Write streams of unknown length cannot know their checksum when CreateMultipartUpload needs the metadata.
   A stream that stays below one part becomes a single PutObject carrying the checksum. A longer stream is
   completed first and then copied onto itself server-side with the checksum added to its metadata
