@@ -557,6 +557,10 @@ def main() -> int:
                     result = run_worker(python[client], client, worker_args, args.timeout)
                     samples.setdefault((client, config, case), []).append(result)
                     shutil.rmtree(out, ignore_errors=True)
+                    # Downloads that leave their bytes unsynced in the page cache (every peer) would otherwise be
+                    # written back to disk while the next client runs, and slow down whichever writes to disk then
+                    # (aiojobstore writes with O_DIRECT and fsyncs): finish all writeback here, untimed.
+                    os.sync()
                     if "error" in result:
                         shown = f"FAILED: {result['error']}"
                     else:
