@@ -32,7 +32,7 @@ are interleaved within each repeat (the order rotates between cases and repeats)
 separate venv, so they cannot disturb the project's pinned aiobotocore):
 
     python3 -m venv /tmp/bench-peers-venv
-    /tmp/bench-peers-venv/bin/pip install boto3 aioboto3 s3fs obstore matplotlib
+    /tmp/bench-peers-venv/bin/pip install boto3 'aioboto3>=15' 's3fs>=2025.1' obstore matplotlib
 
 A peer that cannot be imported there is skipped (and said so). Results: a table on stdout (median MB/s with
 min-max, peak RSS MiB, ratio to the best peer), JSON in ``benchmarks/results/s3.json`` and a bar chart in
@@ -311,10 +311,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 data = json.load(open(sys.argv[1]))
+ORDER = ["aiojobstore", "boto3", "aioboto3", "s3fs", "obstore"]
 cases = [c for c in data["cases"] if any(r["case"] == c and r.get("median") for r in data["results"])]
 fig, axes = plt.subplots(len(cases), 1, figsize=(9, 2.0 + 0.38 * len(data["configs"]) * len(cases)), squeeze=False)
 for ax, case in zip(axes[:, 0], cases):
-    rows = [r for r in data["results"] if r["case"] == case and r.get("median")]
+    rows = sorted((r for r in data["results"] if r["case"] == case and r.get("median")),
+                  key=lambda r: (ORDER.index(r["client"]), r["config"] != "tuned"))
     labels = [f'{r["client"]} ({r["config"]})' for r in rows]
     med = [r["median"] for r in rows]
     lo = [r["median"] - r["min"] for r in rows]
@@ -327,7 +329,8 @@ for ax, case in zip(axes[:, 0], cases):
     ax.set_title(f'{data["case_titles"][case]} ({unit}, median, min-max)', fontsize=10)
     ax.tick_params(labelsize=8)
     for y, (value, r) in enumerate(zip(med, rows)):
-        ax.text(value, y, f' {value:.0f}  ({r["rss_mib"]:.0f} MiB)', va="center", fontsize=7)
+        ax.text(r["max"], y, f'  {value:.0f}  ({r["rss_mib"]:.0f} MiB)', va="center", fontsize=7)
+    ax.set_xlim(0, max(r["max"] for r in rows) * 1.22)
 fig.suptitle(f'aiojobstore S3 benchmark on {data["server"]} ({data["date"]})', fontsize=11)
 fig.tight_layout(rect=(0, 0, 1, 0.985))
 fig.savefig(sys.argv[2], dpi=110)
@@ -343,10 +346,16 @@ def run_worker(python: str, client: str, args: dict, timeout: float) -> dict:
                                 timeout=timeout, cwd=tempfile.gettempdir())
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
+    try:
+        reported = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        reported = None
     if result.returncode != 0:
+        if reported is not None:  # timed and reported, then died on the way out: the sample stands, marked
+            return {**reported, "exit": result.returncode}
         lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
         return {"error": (lines[-1] if lines else f"exit {result.returncode}")[:300], "stderr": result.stderr[-3000:]}
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return reported
 
 
 def peer_available(python: str, client: str) -> str | None:
@@ -449,7 +458,8 @@ def summarize(samples: list[dict], work: float) -> dict:
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
             "rss_mib": statistics.median(s["rss_mib"] for s in ok), "rss_max_mib": max(s["rss_mib"] for s in ok),
             "seconds": [s["seconds"] for s in ok], "n": len(ok),
-            "errors": [s["error"] for s in samples if "error" in s]}
+            "errors": [s["error"] for s in samples if "error" in s],
+            "exits_after_report": [s["exit"] for s in ok if "exit" in s]}
 
 
 def fmt_size(n: int) -> str:
@@ -567,6 +577,8 @@ def main() -> int:
                         unit = "ops/s" if case == "small" else "MB/s"
                         rate = work[case] / result["seconds"] / (1 if case == "small" else 1e6)
                         shown = f"{rate:8.1f} {unit}  {result['rss_mib']:6.0f} MiB  ({result['seconds']:.1f} s)"
+                        if "exit" in result:
+                            shown += f"  (then exited {result['exit']})"
                     print(f"  [{repeat + 1}/{args.repeats}] {titles[case]:<22} {client:<11} {config:<7} {shown}",
                           flush=True)
                     if case != "download" and case != "multi_down":
