@@ -311,12 +311,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 data = json.load(open(sys.argv[1]))
-ORDER = ["aiojobstore", "boto3", "aioboto3", "s3fs", "obstore"]
 cases = [c for c in data["cases"] if any(r["case"] == c and r.get("median") for r in data["results"])]
 fig, axes = plt.subplots(len(cases), 1, figsize=(9, 2.0 + 0.38 * len(data["configs"]) * len(cases)), squeeze=False)
 for ax, case in zip(axes[:, 0], cases):
     rows = sorted((r for r in data["results"] if r["case"] == case and r.get("median")),
-                  key=lambda r: (ORDER.index(r["client"]), r["config"] != "tuned"))
+                  key=lambda r: data["configs"].index(f'{r["client"]}/{r["config"]}'))  # the order they ran in
     labels = [f'{r["client"]} ({r["config"]})' for r in rows]
     med = [r["median"] for r in rows]
     lo = [r["median"] - r["min"] for r in rows]
@@ -350,12 +349,11 @@ def run_worker(python: str, client: str, args: dict, timeout: float) -> dict:
         reported = json.loads(result.stdout.strip().splitlines()[-1])
     except (IndexError, ValueError):
         reported = None
-    if result.returncode != 0:
-        if reported is not None:  # timed and reported, then died on the way out: the sample stands, marked
-            return {**reported, "exit": result.returncode}
-        lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
-        return {"error": (lines[-1] if lines else f"exit {result.returncode}")[:300], "stderr": result.stderr[-3000:]}
-    return reported
+    if reported is not None:  # with a nonzero exit: timed and reported, then died on the way out; marked
+        return {**reported, "exit": result.returncode} if result.returncode else reported
+    lines = [line for line in result.stderr.strip().splitlines() if line.strip()]
+    return {"error": (lines[-1] if lines else f"exit {result.returncode}, no result")[:300],
+            "stderr": result.stderr[-3000:]}
 
 
 def peer_available(python: str, client: str) -> str | None:
