@@ -6,6 +6,8 @@
 from .errors import (
     ConcurrentFileModificationException,
     ConcurrentModificationError,
+    ConditionalWritesUnsupportedError,
+    CorruptRecordError,
     EncryptionKeyError,
     IntegrityError,
     InvalidKeyError,
@@ -19,6 +21,7 @@ from .errors import (
     NoSuchJobException,
     NoSuchJobStoreError,
     NoSuchJobStoreException,
+    StorageFullError,
     TransferError,
 )
 from .jobstore import FileID, Job, JobStore, open_store
@@ -30,6 +33,8 @@ __version__ = "0.1.0"
 __all__ = [
     "ConcurrentFileModificationException",
     "ConcurrentModificationError",
+    "ConditionalWritesUnsupportedError",
+    "CorruptRecordError",
     "EncryptionKeyError",
     "FileID",
     "IntegrityError",

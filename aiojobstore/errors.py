@@ -38,15 +38,13 @@ class JobStoreExistsError(JobStoreError):
         )
 
 
-class NoSuchJobError(JobStoreError, KeyError):
-    """No job with that ID is in the store."""
+class NoSuchJobError(JobStoreError):
+    """No job with that ID is in the store. (Not a ``KeyError``: a bug raising ``KeyError`` inside a caller's
+    code must not pass for a missing job.)"""
 
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
         super().__init__(f"no job {job_id!r} in the store (deleted, or never created)")
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0])
 
 
 class NoSuchFileError(JobStoreError, FileNotFoundError):
@@ -63,6 +61,30 @@ class NoSuchFileError(JobStoreError, FileNotFoundError):
 
 class ConcurrentModificationError(JobStoreError):
     """A conditional write lost a race: the stored object changed since it was read."""
+
+
+class CorruptRecordError(JobStoreError):
+    """A stored record (a job, the config, a state entry) cannot be decoded: it is truncated, malformed, of the
+    wrong shape, or in another codec than the store's. ``key`` names the object."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        self.key = key
+        super().__init__(f"the record {key!r} is corrupt or was not written by this store ({detail}); delete it, "
+                         "or restore it from a backup")
+
+
+class StorageFullError(JobStoreError):
+    """The device or quota under the store is full; ``path`` names where the write failed."""
+
+    def __init__(self, path: str, detail: str = "") -> None:
+        self.path = path
+        super().__init__(f"no space left to write {path!r}{': ' + detail if detail else ''}; free space (or "
+                         "raise the quota) and retry; nothing partial was left behind")
+
+
+class ConditionalWritesUnsupportedError(JobStoreError):
+    """The server ignores conditional writes (``If-None-Match``/``If-Match``), so updates from several processes
+    could be lost; the store refuses to run on it unless the user opts in to the racy fallback."""
 
 
 class IntegrityError(JobStoreError):
@@ -93,6 +115,8 @@ __all__ = [
     "BackendUnavailableError",
     "ConcurrentFileModificationException",
     "ConcurrentModificationError",
+    "ConditionalWritesUnsupportedError",
+    "CorruptRecordError",
     "EncryptionKeyError",
     "IntegrityError",
     "InvalidImportExportUrlException",
@@ -107,5 +131,6 @@ __all__ = [
     "NoSuchJobException",
     "NoSuchJobStoreError",
     "NoSuchJobStoreException",
+    "StorageFullError",
     "TransferError",
 ]

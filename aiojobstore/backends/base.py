@@ -2,7 +2,14 @@
 
 A backend stores immutable objects under ``/``-separated keys relative to its root (a directory, or a bucket and
 prefix). It knows nothing about jobs. Every write is atomic: an object is visible whole or not at all, and a
-write that fails or is cancelled leaves nothing behind. Backends raise :mod:`aiojobstore.errors` errors only.
+write that fails or is cancelled leaves nothing behind — including a cancellation that lands while the commit is
+in flight (see :mod:`aiojobstore.commit`: the commit runs to completion and is rolled back, or, under an anyio
+cancel scope, the write returns normally and the cancellation comes at the next checkpoint). Conditional writes
+(``if_absent``, ``if_match``) carry a per-call token, so a retry after a lost answer never reports a conflict
+with its own write nor applies twice. Every object a backend writes records its CRC32C (metadata
+``ajs-crc32c``), and whole reads verify it; with ``require_checksum`` an object without one is refused with
+``IntegrityError`` (it was not written through aiojobstore). Backends raise :mod:`aiojobstore.errors` errors
+only.
 """
 
 from __future__ import annotations
@@ -51,6 +58,11 @@ def validate_key(key: str) -> str:
     return key
 
 
+def user_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The caller's part of an object's metadata: everything but the keys backends set (``ajs-*``)."""
+    return {k: v for k, v in metadata.items() if not k.startswith("ajs-")}
+
+
 def reject_unknown_options(backend: str, options: dict[str, Any], accepted: Iterable[str]) -> None:
     """Raise a clear :class:`JobStoreError` naming options a backend does not take."""
     if options:
@@ -78,6 +90,27 @@ def check_sse_key(sse_key: bytes | str | None) -> bytes | None:
     return bytes(sse_key)
 
 
+@dataclass
+class ReclaimReport:
+    """What :meth:`Backend.reclaim` removed: debris left by crashed writers (temp files, temporary parts,
+    pending multipart uploads), each older than the grace period."""
+
+    items: int = 0
+    bytes: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    def add(self, kind: str, size: int = 0) -> None:
+        self.items += 1
+        self.bytes += max(0, size)
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def merge(self, other: ReclaimReport) -> None:
+        self.items += other.items
+        self.bytes += other.bytes
+        for kind, count in other.kinds.items():
+            self.kinds[kind] = self.kinds.get(kind, 0) + count
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     """What a backend knows about one object. ``etag`` is an opaque version token that changes on every
@@ -100,6 +133,10 @@ class Backend(ABC):
 
     #: The locator scheme this backend serves (``memory``, ``file``, ``s3``, ``gs``).
     scheme: str = ""
+
+    #: Refuse (``IntegrityError``) an object that carries no ``ajs-crc32c``: set by the job store, whose every
+    #: object is written through a backend; left ``False`` for foreign objects (import/export URLs).
+    require_checksum: bool = False
 
     def __init__(self, *, transfer: TransferConfig | None = None, sse_key: bytes | str | None = None) -> None:
         self.transfer = transfer or TransferConfig()
@@ -156,9 +193,12 @@ class Backend(ABC):
                             metadata: dict[str, str] | None = None) -> ObjectInfo:
         """Replace an object with ``edit(current bytes)`` as one compare-and-swap. Raises ``NoSuchFileError`` if
         it is missing and ``ConcurrentModificationError`` if another writer replaced it in between; an
-        exception from ``edit`` leaves the object as it was. ``edit`` may run in a worker thread."""
+        exception from ``edit`` leaves the object as it was. ``edit`` may run in a worker thread. The object keeps
+        its user metadata and its encryption unless ``metadata`` is given."""
         data, info = await self.get_object(key)
-        return await self.put_bytes(key, edit(data), metadata=metadata, if_match=info.etag)
+        keep = user_metadata(info.metadata) if metadata is None else metadata
+        return await self.put_bytes(key, edit(data), metadata=keep, if_match=info.etag,
+                                    encrypted=META_KEY_SHA256 in info.metadata)
 
     @abstractmethod
     async def upload_file(self, path: str | PathLike[str], key: str, *, metadata: dict[str, str] | None = None,
@@ -210,6 +250,11 @@ class Backend(ABC):
     @abstractmethod
     async def presign(self, key: str, expires: int = 3600) -> str:
         """A URL from which the object can be read without this library for ``expires`` seconds."""
+
+    async def reclaim(self, older_than: float = 3600.0) -> ReclaimReport:
+        """Remove debris of writers that died (temp files, temporary parts, pending multipart uploads) under the
+        root, if it is older than ``older_than`` seconds, so that live writers are never touched. Idempotent."""
+        return ReclaimReport()
 
     # ------------------------------------------------------------------ helpers for subclasses
 
