@@ -51,6 +51,7 @@ __all__ = [
     "NoSuchJobException",
     "NoSuchJobStoreError",
     "NoSuchJobStoreException",
+    "StorageFullError",
     "TransferConfig",
     "TransferError",
     "open_store",
