@@ -23,18 +23,19 @@ Object layout under the store's root::
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
+import functools
 import hashlib
 import inspect
 import json
+import logging
 import os
 import pickle
 import re
 import stat as stat_module
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,9 +43,12 @@ from urllib.parse import unquote, urlparse
 
 import anyio
 
-from .backends.base import Backend, ObjectInfo, validate_key
+from .backends.base import Backend, ObjectInfo, ReclaimReport, validate_key
+from .commit import run_uncancelled
 from .errors import (
     ConcurrentModificationError,
+    CorruptRecordError,
+    IntegrityError,
     InvalidKeyError,
     InvalidLocatorError,
     JobStoreError,
@@ -62,6 +66,13 @@ ROOT_JOB_KEY = "root_job"
 LEADER_PID_KEY = "leader.pid"
 KILL_FLAG_KEY = "kill.flag"
 STORE_FORMAT = 1
+LOG_INBOX = "logs/inbox/"
+LOG_CLAIMS = "logs/claims/"
+LOG_ARCHIVE = "logs/archive/"
+#: Age in seconds past which :meth:`JobStore.clean` takes what dead writers left for debris.
+DEFAULT_DEBRIS_AGE = 3600.0
+#: Seconds a reader's claim on a log lasts without renewal (see :meth:`JobStore.read_logs`).
+DEFAULT_LOG_LEASE = 60.0
 
 _SHARED_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
@@ -69,7 +80,12 @@ _UUID = re.compile(r"^[0-9a-f]{32}$")
 _META_EXECUTABLE = "executable"
 _CONCURRENT_LOADS = 64
 _COPY_CHUNK = 1 << 20
+_MAX_REDIRECTS = 10
+#: Seconds an http(s) import may go without receiving a byte (the ``http_idle_timeout`` store option).
+DEFAULT_HTTP_IDLE_TIMEOUT = 300.0
 _JSON_DECODER = json.JSONDecoder()
+
+log = logging.getLogger("aiojobstore.jobstore")
 
 
 # ------------------------------------------------------------------------------------------------ value types
@@ -110,7 +126,9 @@ class FileID(str):
 
 
 class Codec:
-    """Turns jobs into bytes and back. ``json`` (default) or ``pickle`` (only when asked for)."""
+    """Turns jobs into bytes and back: ``json`` (default) or ``pickle``. A store's codec is fixed when it is
+    created and recorded in its config; records are always decoded with it, never guessed from their bytes, so a
+    pickle planted in a JSON store is refused instead of run."""
 
     def __init__(self, name: str = "json") -> None:
         if name not in ("json", "pickle"):
@@ -128,9 +146,39 @@ class Codec:
                 "or open the store with codec='pickle'"
             ) from error
 
-    def decode(self, data: bytes) -> Job:
-        record = pickle.loads(data) if data[:1] == b"\x80" else _JSON_DECODER.decode(data.decode())
-        return Job(name=record["name"], data=record["data"], id=record["id"], version=record["version"])
+    def decode(self, data: bytes, key: str = "<job>") -> Job:
+        """The job in ``data``; :class:`CorruptRecordError` naming ``key`` if it is not a job record of this
+        codec (truncated, malformed, deeply nested, wrongly shaped, or another codec's bytes)."""
+        try:
+            if self.name == "pickle":
+                record = pickle.loads(data)
+            else:
+                if data[:1] == b"\x80":
+                    raise ValueError("the record is a pickle, and this store's codec is JSON: it was not written "
+                                     "by this store and is not unpickled")
+                record = _JSON_DECODER.decode(data.decode())
+        except CorruptRecordError:
+            raise
+        except (RecursionError, MemoryError) as error:
+            raise CorruptRecordError(key, f"nested too deeply to decode ({type(error).__name__})") from None
+        except Exception as error:  # every decoder error: JSON, Unicode, pickle's many
+            raise CorruptRecordError(key, f"{type(error).__name__}: {error}") from None
+        if not isinstance(record, dict):
+            raise CorruptRecordError(key, f"a job record is a mapping, not {type(record).__name__}")
+        name, job_id, version = record.get("name"), record.get("id"), record.get("version")
+        if not isinstance(name, str) or not isinstance(job_id, str) or type(version) is not int or "data" not in record:
+            raise CorruptRecordError(key, "a job record has a string name and id, an integer version and data")
+        return Job(name=name, data=record["data"], id=job_id, version=version)
+
+
+def _decode_config(raw: bytes) -> dict[str, Any]:
+    try:
+        config = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise CorruptRecordError(CONFIG_KEY, f"{type(error).__name__}: {error}") from None
+    if not isinstance(config, dict):
+        raise CorruptRecordError(CONFIG_KEY, f"the config is a JSON object, not {type(config).__name__}")
+    return config
 
 
 def _shard(text: str) -> str:
@@ -203,6 +251,14 @@ def _file_id_from(key: str, info: ObjectInfo) -> FileID:
     return FileID(key[len("files/") :], info.size, info.metadata.get(_META_EXECUTABLE) == "1")
 
 
+@dataclass
+class CleanReport:
+    """What :meth:`JobStore.clean` removed: the IDs of deleted jobs and the debris reclaimed."""
+
+    jobs_deleted: list[str] = field(default_factory=list)
+    debris: ReclaimReport = field(default_factory=ReclaimReport)
+
+
 class _StaleJobError(ConcurrentModificationError):
     """The stored job has another version than the copy being updated."""
 
@@ -227,14 +283,20 @@ class JobStore:
     :meth:`initialize` (new store) or :meth:`resume` (existing store) before anything else.
     """
 
-    def __init__(self, backend: Backend, *, locator: str = "", codec: str = "json",
-                 backend_options: dict[str, Any] | None = None, public_url_expires: int = 3600) -> None:
+    def __init__(self, backend: Backend, *, locator: str = "", codec: str | None = None,
+                 backend_options: dict[str, Any] | None = None, public_url_expires: int = 3600,
+                 require_checksums: bool = True, http_idle_timeout: float = DEFAULT_HTTP_IDLE_TIMEOUT) -> None:
         self.backend = backend
         self.locator = locator or backend.describe()
-        self.codec = Codec(codec)
+        self._codec_asked = codec
+        self.codec = Codec(codec or "json")
+        # every object of a job store is written through a backend, so one without the store's checksum was
+        # planted or replaced behind its back
+        backend.require_checksum = require_checksums
         self.config: dict[str, Any] = {}
         self._config_etag: str | None = None
         self.public_url_expires = public_url_expires
+        self.http_idle_timeout = http_idle_timeout
         self._backend_options = backend_options or {}
         self._ready = False
         self._url_backends: dict[tuple[str, str], Backend] = {}
@@ -281,9 +343,21 @@ class JobStore:
             raw, info = await self.backend.get_object(CONFIG_KEY)
         except NoSuchFileError:
             raise NoSuchJobStoreError(self.locator, "the location exists but holds no job store") from None
-        self.config = json.loads(raw)
+        config = _decode_config(raw)
+        stored = config.get("codec", "json")
+        if stored not in ("json", "pickle"):
+            raise CorruptRecordError(CONFIG_KEY, f"unknown codec {stored!r}")
+        if stored == "pickle" and self._codec_asked != "pickle":
+            raise JobStoreError(
+                f"the job store {self.locator} was created with codec='pickle': reading its jobs unpickles them, "
+                "which runs code from the store. Open it with codec='pickle' if you trust everyone who can write "
+                "to it")
+        if self._codec_asked is not None and self._codec_asked != stored:
+            raise JobStoreError(f"the job store {self.locator} was created with codec={stored!r}, not "
+                                f"{self._codec_asked!r}: open it with codec={stored!r}")
+        self.config = config
         self._config_etag = info.etag
-        self.codec = Codec(self.config.get("codec", self.codec.name))
+        self.codec = Codec(stored)
         self._ready = True
 
     async def write_config(self) -> None:
@@ -371,11 +445,18 @@ class JobStore:
     async def load_job(self, job_id: str) -> Job:
         """Read a job. Raises :class:`NoSuchJobError`."""
         self._require_ready()
+        key = _job_key(_check_job_id(job_id))
         try:
-            raw = await self.backend.get_bytes(_job_key(_check_job_id(job_id)))
+            raw = await self.backend.get_bytes(key)
         except NoSuchFileError:
             raise NoSuchJobError(job_id) from None
-        return self.codec.decode(raw)
+        return self._decode_job(raw, key, job_id)
+
+    def _decode_job(self, raw: bytes, key: str, job_id: str | None = None) -> Job:
+        job = self.codec.decode(raw, key)
+        if job.id != (job_id or key.rsplit("/", 1)[-1]):
+            raise CorruptRecordError(key, f"the record says it is job {job.id!r}")
+        return job
 
     async def update_job(self, job: Job) -> None:
         """Replace a job atomically and bump ``job.version``. Raises :class:`ConcurrentModificationError` when
@@ -387,7 +468,7 @@ class JobStore:
         encoded = self.codec.encode(new)  # here, not in edit(): the caller may change job.data meanwhile
 
         def edit(raw: bytes) -> bytes:
-            stored = self.codec.decode(raw)
+            stored = self._decode_job(raw, key, job.id)
             if stored.version != job.version:
                 raise _StaleJobError(
                     f"job {job.id!r} is at version {stored.version} in the store but this copy is version "
@@ -424,15 +505,20 @@ class JobStore:
         return await self.backend.stat(_job_key(job_id)) is not None
 
     async def jobs(self) -> AsyncIterator[Job]:
-        """Every job in the store (loaded concurrently, yielded in no particular order)."""
+        """Every job in the store (loaded concurrently, yielded in no particular order). A record that cannot be
+        read as a job (corrupt, planted, failing its checksum) is skipped with a warning naming its key."""
         self._require_ready()
         keys = [info.key async for info in self.backend.list("jobs/", metadata=False)]
         for start in range(0, len(keys), _CONCURRENT_LOADS):
             loaded: list[Job] = []
 
             async def load(key: str, out: list[Job] = loaded) -> None:
-                with contextlib.suppress(NoSuchFileError):  # deleted while listing
-                    out.append(self.codec.decode(await self.backend.get_bytes(key)))
+                try:
+                    out.append(self._decode_job(await self.backend.get_bytes(key), key))
+                except NoSuchFileError:  # deleted while listing
+                    return
+                except (CorruptRecordError, IntegrityError, InvalidKeyError) as error:
+                    log.warning("jobs(): skipping %s: %s", key, error)
 
             await self._for_each(keys[start : start + _CONCURRENT_LOADS], load)
             for job in loaded:
@@ -556,13 +642,16 @@ class JobStore:
         local_path = os.fspath(local_path)
         source = self.backend.local_path(key)
         if symlink and source is not None:
-            if not await anyio.to_thread.run_sync(os.path.isfile, source):
+            info = await self.backend.stat(key)
+            if info is None:
                 raise NoSuchFileError(file_id)
-            try:
-                await anyio.to_thread.run_sync(os.symlink, source, local_path)
-                return
-            except OSError:
-                pass  # e.g. the destination exists: fall back to a copy
+            # a link shows the stored file's mode, which is not executable: an executable file is copied instead
+            if info.metadata.get(_META_EXECUTABLE) != "1":
+                try:
+                    await anyio.to_thread.run_sync(os.symlink, source, local_path)
+                    return
+                except OSError:
+                    pass  # e.g. the destination exists: fall back to a copy
         try:
             info = await self.backend.download_file(key, local_path, progress=progress)
         except NoSuchFileError:
@@ -639,17 +728,22 @@ class JobStore:
         """Store a log message for the leader to read once with :meth:`read_logs`."""
         self._require_ready()
         data = msg.encode() if isinstance(msg, str) else bytes(msg)
-        await self.backend.put_bytes(f"logs/inbox/{time.time_ns():020d}-{uuid.uuid4().hex}", data)
+        await self.backend.put_bytes(f"{LOG_INBOX}{time.time_ns():020d}-{uuid.uuid4().hex}", data, if_absent=True)
 
-    async def read_logs(self, callback: Callable[[bytes], Any], read_all: bool = False) -> int:
+    async def read_logs(self, callback: Callable[[bytes], Any], read_all: bool = False, *,
+                        lease: float = DEFAULT_LOG_LEASE) -> int:
         """Call ``callback`` (function or coroutine function) with each unread log's bytes, oldest first, and
-        mark them read; with ``read_all`` also the logs read before. Returns how many were passed on. A log
-        whose callback raises stays unread."""
+        mark them read; with ``read_all`` also the logs read before. Returns how many were passed on.
+
+        Delivery is at least once, and exactly once to readers that finish: a reader claims a log before its
+        callback runs, with a lease of ``lease`` seconds that it renews while the callback runs; other readers skip
+        a claimed log. A log whose callback raises (or is cancelled) is released and stays unread; a log whose
+        reader died (SIGKILL, power loss) is delivered again once the lease has run out. Leases compare wall
+        clocks, so readers on several nodes need clocks within a fraction of ``lease`` of each other."""
         self._require_ready()
-        inbox = sorted([info.key async for info in self.backend.list("logs/inbox/", metadata=False)])
         count = 0
         if read_all:
-            archived = sorted([info.key async for info in self.backend.list("logs/archive/", metadata=False)],
+            archived = sorted([info.key async for info in self.backend.list(LOG_ARCHIVE, metadata=False)],
                               key=lambda k: k.rsplit("/", 1)[-1])
             for key in archived:
                 try:
@@ -658,26 +752,35 @@ class JobStore:
                     continue
                 await _call(callback, data)
                 count += 1
+        inbox = sorted([info.key async for info in self.backend.list(LOG_INBOX, metadata=False)])
         for key in inbox:
-            name = key.rsplit("/", 1)[-1]
-            archive_key = f"logs/archive/{name[:14]}/{name}"
+            if await self._deliver_log(key, callback, lease):
+                count += 1
+        return count
+
+    async def _deliver_log(self, key: str, callback: Callable[[bytes], Any], lease: float) -> bool:
+        """Claim, deliver and archive one inbox log; ``False`` if another reader has it (or had it)."""
+        name = key.rsplit("/", 1)[-1]
+        claim = _LogClaim(self.backend, f"{LOG_CLAIMS}{name}", lease)
+        taken_over = await claim.take()
+        if taken_over is None:
+            return False
+        archive_key = f"{LOG_ARCHIVE}{name[:14]}/{name}"
+        try:
+            if taken_over and await self.backend.stat(archive_key) is not None:
+                # a reader delivered it and died before clearing the inbox: finish its bookkeeping only
+                await self.backend.delete(key)
+                return False
             try:
                 data = await self.backend.get_bytes(key)
             except NoSuchFileError:
-                continue  # another reader took it
-            try:  # claim the log: only one reader's archive write succeeds
-                await self.backend.put_bytes(archive_key, data, if_absent=True)
-            except ConcurrentModificationError:
-                continue
-            try:
-                await _call(callback, data)
-            except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await self.backend.delete(archive_key)
-                raise
+                return False  # another reader finished it between our listing and our claim
+            await claim.while_renewed(_call, callback, data)
+            await self.backend.put_bytes(archive_key, data)
             await self.backend.delete(key)
-            count += 1
-        return count
+        finally:
+            await run_uncancelled(claim.release)
+        return True
 
     # ------------------------------------------------------------------------------------------- bookkeeping
 
@@ -790,18 +893,53 @@ class JobStore:
         return FileID(key[len("files/") :], info.size, executable)
 
     async def _import_http(self, url: str, key: str) -> ObjectInfo:
+        """Stream an http(s) URL into ``key``. No total time limit: a download that keeps receiving runs as long
+        as it needs; one that receives nothing for ``http_idle_timeout`` seconds fails. Redirects are followed only
+        to http(s) URLs; a body shorter than its ``Content-Length`` is an error. Every failure is a
+        :class:`JobStoreError` naming the URL, and leaves nothing in the store."""
         import aiohttp
+        from yarl import URL
 
-        async with aiohttp.ClientSession() as session, session.get(url) as response:
-            if response.status == 404:
-                raise NoSuchFileError(url, "the server answered 404")
-            if response.status >= 400:
-                raise JobStoreError(f"cannot import {url}: the server answered {response.status} {response.reason}")
-            async with self.backend.open_writer(key) as writer:
-                async for chunk in response.content.iter_chunked(_COPY_CHUNK):
-                    await writer.write(chunk)
+        idle = self.http_idle_timeout
+        timeout = aiohttp.ClientTimeout(total=None, connect=idle, sock_connect=idle, sock_read=idle)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session:
+                target = url
+                for _ in range(_MAX_REDIRECTS + 1):
+                    async with session.get(target, allow_redirects=False) as response:
+                        if response.status in (301, 302, 303, 307, 308) and "Location" in response.headers:
+                            target = str(response.url.join(URL(response.headers["Location"])))
+                            if urlparse(target).scheme.lower() not in ("http", "https"):
+                                raise JobStoreError(f"cannot import {url}: it redirects to {target!r}, which is not "
+                                                    "an http(s) URL")
+                            continue
+                        return await self._receive_http(url, key, response)
+                raise JobStoreError(f"cannot import {url}: more than {_MAX_REDIRECTS} redirects")
+        except JobStoreError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as error:
+            detail = str(error) or type(error).__name__
+            if isinstance(error, TimeoutError):
+                detail = f"nothing received for {idle:g} s (http_idle_timeout)"
+            raise JobStoreError(f"cannot import {url}: {detail}") from error
+
+    async def _receive_http(self, url: str, key: str, response: Any) -> ObjectInfo:
+        if response.status == 404:
+            raise NoSuchFileError(url, "the server answered 404")
+        if response.status >= 400:
+            raise JobStoreError(f"cannot import {url}: the server answered {response.status} {response.reason}")
+        expected = response.content_length
+        received = 0
+        async with self.backend.open_writer(key) as writer:
+            async for chunk in response.content.iter_chunked(_COPY_CHUNK):
+                await writer.write(chunk)
+                received += len(chunk)
+            if expected is not None and received != expected:
+                raise JobStoreError(f"cannot import {url}: the body ended after {received} of the {expected} bytes "
+                                    "its Content-Length announced")
         info = await self.backend.stat(key)
-        assert info is not None
+        if info is None:
+            raise NoSuchFileError(key, "the imported object vanished right after it was written")
         return info
 
     async def export_file(self, file_id: str, dst_url: str) -> None:
@@ -813,6 +951,7 @@ class JobStore:
         executable = info.metadata.get(_META_EXECUTABLE) == "1"
         target = dest.local_path(dst_key)
         if target is not None:
+            await anyio.to_thread.run_sync(functools.partial(os.makedirs, os.path.dirname(target), exist_ok=True))
             await self.backend.download_file(key, target)
             await anyio.to_thread.run_sync(_set_executable, target, executable)
             return
@@ -831,6 +970,54 @@ class JobStore:
         if await self.backend.stat(key) is None:
             raise NoSuchFileError(shared_file_name)
         return await self.backend.presign(key, self.public_url_expires)
+
+    # ---------------------------------------------------------------------------------------------- clean
+
+    async def clean(self, successors: Callable[[Job], Iterable[str]] | None = None, *,
+                    older_than: float = DEFAULT_DEBRIS_AGE) -> CleanReport:
+        """Tidy the store after crashes (Toil's ``clean``). With ``successors`` (a function giving the IDs of the
+        jobs a job leads to), every job not reachable from the root job is deleted with its cleanup files; without
+        it, or when no root job is set, no job is deleted. Then debris of writers that died is reclaimed, if older
+        than ``older_than`` seconds (default an hour, so that live writers are never touched): temp files on
+        ``file:``, temporary parts on GCS, pending multipart uploads on S3, and log claims whose log is gone.
+        Returns what was removed. Safe to run while the workflow runs only without ``successors``."""
+        self._require_ready()
+        report = CleanReport()
+        if successors is not None:
+            report.jobs_deleted = await self._delete_unreachable_jobs(successors)
+        report.debris = await self.backend.reclaim(older_than)
+        inbox = {info.key.rsplit("/", 1)[-1] async for info in self.backend.list(LOG_INBOX, metadata=False)}
+        cutoff = time.time() - older_than
+        async for info in self.backend.list(LOG_CLAIMS, metadata=False):
+            if info.key.rsplit("/", 1)[-1] not in inbox and (info.mtime or 0) <= cutoff:
+                await self.backend.delete(info.key)
+                report.debris.add("log-claim", info.size)
+        return report
+
+    async def _delete_unreachable_jobs(self, successors: Callable[[Job], Iterable[str]]) -> list[str]:
+        try:
+            root = await self.load_root_job()
+        except NoSuchJobError:
+            log.warning("clean(): no root job is set, so no job is deleted")
+            return []
+        reachable = {root.id}
+        frontier = [root]
+        while frontier:
+            found: list[Job] = []
+            for job in frontier:
+                for job_id in successors(job):
+                    if job_id in reachable:
+                        continue
+                    reachable.add(job_id)
+                    try:
+                        found.append(await self.load_job(job_id))
+                    except (NoSuchJobError, CorruptRecordError, IntegrityError):
+                        continue
+            frontier = found
+        unreachable = [info.key.rsplit("/", 1)[-1] async for info in self.backend.list("jobs/", metadata=False)
+                       if info.key.rsplit("/", 1)[-1] not in reachable]
+        await self._for_each(unreachable, self.delete_job)
+        return unreachable
 
     # ----------------------------------------------------------------------------------------- statistics
 
@@ -852,6 +1039,78 @@ class JobStore:
         return counts
 
 
+class _LogClaim:
+    """A reader's claim on one log: an object holding its lease's expiry, created only if absent, taken over
+    (conditionally on the stale claim's etag) only once expired, renewed conditionally on its own etag."""
+
+    def __init__(self, backend: Backend, key: str, lease: float) -> None:
+        self.backend = backend
+        self.key = key
+        self.lease = lease
+        self.etag: str | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps({"expires": time.time() + self.lease, "pid": os.getpid()}).encode()
+
+    async def take(self) -> bool | None:
+        """``False``: claimed afresh; ``True``: taken over from a dead reader; ``None``: someone else holds it."""
+        try:
+            self.etag = (await self.backend.put_bytes(self.key, self._body(), if_absent=True)).etag
+            return False
+        except ConcurrentModificationError:
+            pass
+        try:
+            raw, info = await self.backend.get_object(self.key)
+            expires = json.loads(raw)["expires"]
+        except NoSuchFileError:
+            return None  # released just now: its log was delivered or is being retried; the next read sees it
+        except (ValueError, KeyError, TypeError, IntegrityError):
+            expires = 0.0  # an unreadable claim is no claim
+        if not isinstance(expires, (int, float)) or expires > time.time():
+            return None
+        try:
+            self.etag = (await self.backend.put_bytes(self.key, self._body(), if_match=info.etag)).etag
+        except (ConcurrentModificationError, NoSuchFileError):
+            return None
+        return True
+
+    async def keep_renewed(self) -> None:
+        """Renew the lease every third of its length until cancelled (or until another reader took it over)."""
+        while True:
+            await anyio.sleep(self.lease / 3)
+            try:
+                self.etag = (await self.backend.put_bytes(self.key, self._body(), if_match=self.etag)).etag
+            except (ConcurrentModificationError, NoSuchFileError):
+                log.warning("read_logs: the claim %s expired while its callback ran; the log may be delivered "
+                            "again (raise the lease)", self.key)
+                return
+            except JobStoreError as error:  # a failed renewal is retried at the next one; the callback goes on
+                log.warning("read_logs: could not renew the claim %s: %s", self.key, error)
+
+    async def while_renewed(self, func: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """``await func(*args)`` while the lease is kept renewed; its error is raised as it is."""
+        outcome: list[Any] = []
+
+        async def run(scope: anyio.CancelScope) -> None:
+            try:
+                outcome.append((True, await func(*args)))
+            except Exception as error:
+                outcome.append((False, error))
+            finally:
+                scope.cancel()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self.keep_renewed)
+            tasks.start_soon(run, tasks.cancel_scope)
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
+
+    async def release(self) -> None:
+        await self.backend.delete(self.key)
+
+
 async def _call(callback: Callable[[bytes], Any], data: bytes) -> Any:
     result = callback(data)
     if inspect.isawaitable(result):
@@ -861,14 +1120,17 @@ async def _call(callback: Callable[[bytes], Any], data: bytes) -> Any:
 
 # --------------------------------------------------------------------------------------------- entry point
 
-_STORE_OPTIONS = ("codec", "public_url_expires")
+_STORE_OPTIONS = ("codec", "public_url_expires", "require_checksums", "http_idle_timeout")
 
 
 def open_store(locator: str | os.PathLike[str], **options: Any) -> JobStore:
     """Open the job store a locator names (no I/O yet): ``await store.initialize()`` or ``resume()`` next.
 
     Options: transfer settings (``part_size``, ``max_concurrency``, ``max_requests``, ``max_memory``,
-    ``max_attempts``, ...), ``codec`` ('json' or 'pickle'), ``sse_key`` (32 bytes), ``public_url_expires``,
+    ``max_attempts``, ...), ``codec`` ('json', the default for a new store, or 'pickle'; a store created with
+    'pickle' opens only with ``codec='pickle'``), ``require_checksums`` (default ``True``: an object without the
+    store's CRC32C is refused with ``IntegrityError``), ``http_idle_timeout`` (seconds an http(s) import may
+    receive nothing; default 300), ``sse_key`` (32 bytes; S3 and GCS), ``public_url_expires``,
     ``fsync`` (local), and the backend's own (``endpoint_url``, ``region_name``, credentials, ``project``...).
     """
     parsed = parse_locator(locator)

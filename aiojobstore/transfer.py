@@ -9,6 +9,7 @@ and combined arithmetically so that parts can be hashed in parallel and in any o
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import errno
 import functools
@@ -520,28 +521,52 @@ class RangeWriter:
 
 
 class MemoryBudget:
-    """Bytes that may be buffered at once, store-wide. A request larger than the whole budget is let through
-    alone, so a part bigger than the budget slows things down instead of deadlocking."""
+    """Bytes that may be buffered at once, store-wide, handed out first come, first served. A request larger than
+    the whole budget is let through alone, so a part bigger than the budget slows things down instead of
+    deadlocking. Every buffer a stream holds counts, pooled ones included, so the store's buffers never exceed
+    the limit (plus one oversized request) however many streams are open."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.in_use = 0
         self.peak = 0
-        self._changed: anyio.Event | None = None
+        self._waiters: collections.deque[tuple[int, anyio.Event]] = collections.deque()
+
+    @property
+    def contended(self) -> bool:
+        """Whether someone is waiting for budget (holders should give back what they could keep)."""
+        return bool(self._waiters)
+
+    def _fits(self, n: int) -> bool:
+        return not self.in_use or self.in_use + n <= self.limit
 
     async def acquire(self, n: int) -> None:
-        while self.in_use and self.in_use + n > self.limit:
-            if self._changed is None:
-                self._changed = anyio.Event()
-            await self._changed.wait()
-        self.in_use += n
-        self.peak = max(self.peak, self.in_use)
+        if not self._waiters and self._fits(n):
+            self.in_use += n
+            self.peak = max(self.peak, self.in_use)
+            return
+        entry = (n, anyio.Event())
+        self._waiters.append(entry)
+        try:
+            await entry[1].wait()
+        except BaseException:
+            if entry[1].is_set():  # granted as we were cancelled: hand it on
+                self.release(n)
+            else:
+                self._waiters.remove(entry)
+                self._grant()
+            raise
 
     def release(self, n: int) -> None:
         self.in_use -= n
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = None
+        self._grant()
+
+    def _grant(self) -> None:
+        while self._waiters and self._fits(self._waiters[0][0]):
+            n, event = self._waiters.popleft()
+            self.in_use += n
+            self.peak = max(self.peak, self.in_use)
+            event.set()
 
 
 class PartBuffer:
@@ -561,8 +586,8 @@ class PartBuffer:
         return memoryview(self.data)[: self.length]
 
     def done(self, *, reuse: bool) -> None:
-        """Give back the memory reservation. ``reuse=True`` only once nothing refers to the bytes any more (the
-        upload succeeded): the buffer then serves a later part without faulting in fresh pages."""
+        """Give back the buffer. ``reuse=True`` only once nothing refers to the bytes any more (the upload
+        succeeded): the buffer may then serve a later part of the same stream without faulting in fresh pages."""
         if self.data is not None:
             self._owner._give_back(self.data if reuse else None)
             self.data = None
@@ -570,8 +595,9 @@ class PartBuffer:
 
 class PartBuffers:
     """Cuts a written stream into parts of ``part_size`` bytes for background uploads: one copy per byte into
-    a pooled buffer, each buffer holding a reservation of the store-wide :class:`MemoryBudget`, so writers
-    wait (backpressure) rather than buffer more than the budget allows."""
+    a buffer that holds a reservation of the store-wide :class:`MemoryBudget` for as long as it exists (in use or
+    pooled for reuse), so writers wait (backpressure) rather than buffer more than the budget allows. A stream
+    keeps at most ``keep`` idle buffers, and none while other streams wait for budget."""
 
     def __init__(self, budget: MemoryBudget, part_size: int, *, keep: int) -> None:
         self.budget = budget
@@ -579,6 +605,7 @@ class PartBuffers:
         self.current: PartBuffer | None = None
         self._free: list[bytearray] = []
         self._keep = keep
+        self._closed = False
 
     async def write(self, data: Any, hand_off: Callable[[PartBuffer], Awaitable[None]]) -> int:
         """Append ``data``; every part that fills up goes to ``hand_off``, which owns it from then on."""
@@ -587,8 +614,7 @@ class PartBuffers:
         while view:
             part = self.current
             if part is None:
-                await self.budget.acquire(self.part_size)
-                part = self.current = PartBuffer(self, self._free.pop() if self._free else bytearray(self.part_size))
+                part = self.current = PartBuffer(self, await self._take_buffer())
             assert part.data is not None
             take = min(len(view), self.part_size - part.length)
             part.data[part.length : part.length + take] = view[:take]
@@ -599,6 +625,12 @@ class PartBuffers:
                 await hand_off(part)
         return n
 
+    async def _take_buffer(self) -> bytearray:
+        if self._free:
+            return self._free.pop()  # its reservation is still held
+        await self.budget.acquire(self.part_size)
+        return bytearray(self.part_size)
+
     def take_current(self) -> PartBuffer | None:
         """The partly filled part, if any (the tail of the stream); the caller owns it from then on."""
         part, self.current = self.current, None
@@ -606,15 +638,19 @@ class PartBuffers:
 
     def close(self) -> None:
         """Drop the unfinished part and the pool (parts handed off are released by their owners)."""
+        self._closed = True
         if self.current is not None:
             self.current.done(reuse=False)
             self.current = None
-        self._free.clear()
+        while self._free:
+            self._free.pop()
+            self.budget.release(self.part_size)
 
     def _give_back(self, data: bytearray | None) -> None:
-        self.budget.release(self.part_size)
-        if data is not None and len(self._free) < self._keep:
+        if data is not None and not self._closed and len(self._free) < self._keep and not self.budget.contended:
             self._free.append(data)
+        else:
+            self.budget.release(self.part_size)
 
 
 class TransferShare:

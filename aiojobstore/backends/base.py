@@ -127,8 +127,9 @@ class Backend(ABC):
     """An object store rooted at one location. Create with keyword options; no I/O until a method is awaited.
 
     Encryption: writers take ``encrypted=True`` to encrypt with the backend's ``sse_key`` (SSE-C on S3, CSEK on
-    GCS; memory and local store plaintext but record the key's fingerprint). Readers use the key whenever the
-    object needs it and raise ``EncryptionKeyError`` when the key is missing or wrong.
+    GCS). Readers use the key whenever the object needs it and raise ``EncryptionKeyError`` when the key is missing
+    or wrong. Backends that do not encrypt at rest (``memory:``, ``file:``) refuse an ``sse_key`` and
+    ``encrypted=True`` with ``EncryptionKeyError`` rather than store plaintext that the caller believes encrypted.
     """
 
     #: The locator scheme this backend serves (``memory``, ``file``, ``s3``, ``gs``).
@@ -137,11 +138,20 @@ class Backend(ABC):
     #: Refuse (``IntegrityError``) an object that carries no ``ajs-crc32c``: set by the job store, whose every
     #: object is written through a backend; left ``False`` for foreign objects (import/export URLs).
     require_checksum: bool = False
+    #: Whether ``encrypted=True`` encrypts the stored bytes (with the ``sse_key``).
+    encrypts_at_rest: bool = True
 
     def __init__(self, *, transfer: TransferConfig | None = None, sse_key: bytes | str | None = None) -> None:
         self.transfer = transfer or TransferConfig()
         self.limits = TransferLimits(self.transfer)
+        if sse_key is not None and not self.encrypts_at_rest:
+            raise EncryptionKeyError(self._no_encryption("an sse_key is refused"))
         self.sse_key = check_sse_key(sse_key)
+
+    def _no_encryption(self, what: str) -> str:
+        return (f"{self.scheme}: stores do not encrypt at rest, so {what} rather than keep plaintext you would "
+                "believe encrypted: use an s3:// store (SSE-C) or a gs:// store (CSEK) with sse_key, or encrypt the "
+                "filesystem")
 
     # ------------------------------------------------------------------ container
 
@@ -266,6 +276,8 @@ class Backend(ABC):
         """Metadata recording which key an object was written with (empty when not encrypted)."""
         if not encrypted:
             return {}
+        if not self.encrypts_at_rest:
+            raise EncryptionKeyError(self._no_encryption("encrypted=True is refused"))
         if self.sse_key is None:
             raise EncryptionKeyError(
                 "encrypted=True needs an encryption key: open the store with sse_key=<32 bytes>"

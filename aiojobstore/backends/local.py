@@ -212,6 +212,7 @@ class LocalBackend(Backend):
     """Objects as files under ``root``; see the module docstring for the atomicity guarantees."""
 
     scheme = "file"
+    encrypts_at_rest = False
 
     def __init__(self, root: str | PathLike[str], *, fsync: bool = True, **options: Any) -> None:
         super().__init__(**options)
