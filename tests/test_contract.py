@@ -533,7 +533,7 @@ async def test_encrypted_shared_file_needs_the_right_key(store_target):
 
 
 async def test_encryption_without_a_key_is_refused(store):
-    with pytest.raises(EncryptionKeyError, match="sse_key|do not encrypt"):
+    with pytest.raises(EncryptionKeyError, match=r"sse_key|do not encrypt"):
         async with store.write_shared_file_stream("secret", encrypted=True) as writer:
             await writer.write(b"x")
     assert not await store.shared_file_exists("secret")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 import os
 import random
@@ -411,3 +412,61 @@ async def test_window_share_narrows_and_widens_the_parts_in_flight():
     assert results == list(range(1, 21))
     assert max(peaks[:4]) == 1  # one at a time while the share was 1
     assert max(peaks) == 3  # never more than the share, though the window allows 8
+
+
+async def test_pooled_part_buffers_keep_their_reservation_and_give_it_up_to_waiters():
+    budget = MemoryBudget(20)
+    first, second = PartBuffers(budget, 10, keep=2), PartBuffers(budget, 10, keep=2)
+
+    async def recycle(part: PartBuffer) -> None:
+        part.done(reuse=True)
+
+    await first.write(b"x" * 25, recycle)  # two full parts recycled into the pool, a tail in use
+    assert budget.in_use == 20  # the pooled buffer still counts: it is memory the stream holds
+    got: list[int] = []
+
+    async def other_stream() -> None:
+        got.append(await second.write(b"y" * 10, recycle))
+
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(other_stream)
+        await anyio.wait_all_tasks_blocked()
+        assert got == []
+        first.close()  # drops the tail and the pool
+    assert got == [10] and budget.in_use == 10  # second's recycled part, pooled
+    second.close()
+    assert budget.in_use == 0 and budget.peak <= 20
+
+
+async def test_many_more_streams_than_the_budget_holds_parts_for_all_finish():
+    """40 streams of 2.5 parts each on a budget of 3 parts: every stream waits at times, none deadlocks, and the
+    buffers in existence never exceed the budget."""
+    budget = MemoryBudget(30)
+    uploaded: list[bytes] = []
+
+    async def stream(n: int) -> None:
+        buffers = PartBuffers(budget, 10, keep=1)
+
+        async def upload(part: PartBuffer) -> None:
+            async def send() -> None:
+                await anyio.sleep(0.001)
+                uploaded.append(bytes(part.view))
+                part.done(reuse=True)
+
+            tasks.start_soon(send)
+
+        for _ in range(25):
+            await buffers.write(bytes([n]), upload)
+        tail = buffers.take_current()
+        assert tail is not None
+        uploaded.append(bytes(tail.view))
+        tail.done(reuse=False)
+        buffers.close()
+
+    with anyio.fail_after(60):  # a deadlock guard, not a timing assertion
+        async with anyio.create_task_group() as tasks:
+            for n in range(40):
+                tasks.start_soon(stream, n)
+    per_stream = collections.Counter(byte for piece in uploaded for byte in piece)
+    assert per_stream == {n: 25 for n in range(40)}
+    assert budget.peak <= 30 and budget.in_use == 0
