@@ -415,14 +415,14 @@ async def test_window_share_narrows_and_widens_the_parts_in_flight():
 
 
 async def test_pooled_part_buffers_keep_their_reservation_and_give_it_up_to_waiters():
-    budget = MemoryBudget(20)
+    budget = MemoryBudget(10)
     first, second = PartBuffers(budget, 10, keep=2), PartBuffers(budget, 10, keep=2)
 
     async def recycle(part: PartBuffer) -> None:
         part.done(reuse=True)
 
-    await first.write(b"x" * 25, recycle)  # two full parts recycled into the pool, a tail in use
-    assert budget.in_use == 20  # the pooled buffer still counts: it is memory the stream holds
+    await first.write(b"x" * 20, recycle)  # two parts, the second in the first's recycled buffer, now pooled
+    assert first.current is None and budget.in_use == 10  # the pooled buffer still counts: the stream holds it
     got: list[int] = []
 
     async def other_stream() -> None:
@@ -432,10 +432,10 @@ async def test_pooled_part_buffers_keep_their_reservation_and_give_it_up_to_wait
         tasks.start_soon(other_stream)
         await anyio.wait_all_tasks_blocked()
         assert got == []
-        first.close()  # drops the tail and the pool
+        first.close()  # gives up its pool
     assert got == [10] and budget.in_use == 10  # second's recycled part, pooled
     second.close()
-    assert budget.in_use == 0 and budget.peak <= 20
+    assert budget.in_use == 0 and budget.peak <= 10
 
 
 async def test_many_more_streams_than_the_budget_holds_parts_for_all_finish():
