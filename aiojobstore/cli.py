@@ -25,6 +25,7 @@ import asyncio
 import json
 import os
 import re
+import signal
 import stat as stat_module
 import sys
 import tempfile
@@ -727,6 +728,39 @@ async def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_clean(args: argparse.Namespace) -> int:
+    """Reclaim what dead writers left (temp files, temporary parts, pending uploads, stale log claims)."""
+    ref = parse_store_arg(args.store)
+    if ref.path:
+        raise CLIError(f"clean takes a store locator, not {args.store!r}")
+    async with opened(ref.locator, args) as store:
+        report = await store.clean(older_than=args.older_than)
+    debris = report.debris
+    if args.json:
+        _say(json.dumps({"store": ref.locator, "items": debris.items, "bytes": debris.bytes,
+                         "kinds": debris.kinds}, indent=2))
+        return 0
+    kinds = ", ".join(f"{count} {kind}{'s' if count != 1 else ''}" for kind, count in sorted(debris.kinds.items()))
+    _say(f"reclaimed {debris.items} item{'s' if debris.items != 1 else ''} ({human_size(debris.bytes)})"
+         + (f": {kinds}" if kinds else "") + f" older than {_human_duration(args.older_than)} in {ref.locator}")
+    return 0
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use seconds or a number with s, m, h or d")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _human_duration(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
 async def cmd_init(args: argparse.Namespace) -> int:
     """Create an empty job store."""
     ref = parse_store_arg(args.store)
@@ -870,6 +904,17 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print JSON")
     status.set_defaults(handler=cmd_status)
 
+    clean = commands.add_parser("clean", parents=[common], help="reclaim debris of crashed writers",
+                                description="Remove what writers that died left in a store: temp files (file:), "
+                                            "temporary parts (GCS), pending multipart uploads (S3) and stale log "
+                                            "claims, if older than --older-than, so live writers are never "
+                                            "touched. Jobs are kept.")
+    clean.add_argument("store", metavar="LOCATOR")
+    clean.add_argument("--older-than", type=parse_duration, default=3600.0, metavar="AGE",
+                       help="only debris older than this (seconds, or 30m, 2h, 1d; default 1h)")
+    clean.add_argument("--json", action="store_true", help="print JSON")
+    clean.set_defaults(handler=cmd_clean)
+
     init = commands.add_parser("init", parents=[common], help="create an empty job store")
     init.add_argument("store", metavar="LOCATOR")
     init.set_defaults(handler=cmd_init)
@@ -912,15 +957,51 @@ def _leaves(error: BaseException) -> list[BaseException]:
     return [leaf for sub in inner for leaf in _leaves(sub)]
 
 
+class _Terminated(Exception):
+    """SIGTERM arrived: the command was cancelled like on SIGINT, and exits 143."""
+
+
+async def _run_until_terminated(handler: Callable[[argparse.Namespace], Awaitable[int]],
+                                args: argparse.Namespace) -> int:
+    """Run ``handler``; SIGTERM (what ``timeout``, ``kill``, ``docker stop`` and batch schedulers send) cancels it
+    as SIGINT does, so every write in flight is rolled back and leaves nothing behind."""
+    task = asyncio.current_task()
+    loop = asyncio.get_running_loop()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        if task is not None:
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+        return await handler(args)
+    try:
+        return await handler(args)
+    except asyncio.CancelledError:
+        if terminated:
+            raise _Terminated from None
+        raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``aiojobstore`` command; return its exit status (0 ok, 1 error, 2 usage, 130 interrupted)."""
+    """Run the ``aiojobstore`` command; return its exit status (0 ok, 1 error, 2 usage, 130 interrupted,
+    143 terminated)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(args.handler(args))
+        return asyncio.run(_run_until_terminated(args.handler, args))
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"{PROG}: terminated", file=sys.stderr)
+        return 143
     except BaseException as error:
         leaves = _leaves(error)
         if any(isinstance(leaf, KeyboardInterrupt) for leaf in leaves):

@@ -305,6 +305,7 @@ class SyncJobStore:
     get_public_url = _blocking("get_public_url")
     get_shared_public_url = _blocking("get_shared_public_url")
     summary = _blocking("summary")
+    clean = _blocking("clean")
 
     def assign_job_id(self, job: Job) -> str:
         """Give ``job`` a fresh ID (without writing it) and return the ID."""

@@ -316,3 +316,51 @@ def test_cp_imports_and_exports_file_urls_and_copies_between_stores(
     back = tmp_path / "back.bin"
     assert run(capsys, "cp", f"{other}::{copied_id}", str(back))[0] == 0
     assert back.read_bytes() == data
+
+
+def _debris(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.startswith(".ajs-tmp")]
+
+
+@pytest.mark.parametrize("sig, status", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_signal_during_cp_leaves_no_temp_file(tmp_path: Path, sig: str, status: int) -> None:
+    """SIGTERM (what timeout, kill, docker stop and batch schedulers send) is handled like SIGINT: the write in
+    flight is cancelled and rolled back, nothing is left in the store."""
+    import signal
+    import time
+
+    locator = make_store(tmp_path)
+    child = subprocess.Popen([sys.executable, "-m", "aiojobstore.cli", "cp", "-", f"{locator}::"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdin is not None
+    try:
+        deadline = time.monotonic() + 60
+        while not _debris(tmp_path / "store"):  # the write stream's temp file: the copy is under way
+            child.stdin.write(b"x" * MiB)
+            child.stdin.flush()
+            assert time.monotonic() < deadline, "the copy never started writing"
+        child.send_signal(getattr(signal, sig))
+        _, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == status, err
+    assert _debris(tmp_path / "store") == []
+    with open_store(locator) as store:
+        store.resume()
+        assert store.summary()["files"] == 0
+
+
+def test_clean_reports_what_it_reclaimed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    locator = make_store(tmp_path)
+    claims = tmp_path / "store" / "logs" / "claims"
+    claims.mkdir(parents=True)
+    (claims / "00000000000000000001-dead").write_bytes(b'{"expires": 0}')  # a dead reader's, its log gone
+    code, out, err = run(capsys, "clean", locator, "--older-than", "1h")
+    assert code == 0, err
+    assert out.startswith("reclaimed 0 items") and "older than 1h" in out
+    code, out, err = run(capsys, "clean", locator, "--older-than", "0", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["kinds"] == {"log-claim": 1} and report["items"] == 1
+    assert not claims.exists() or list(claims.iterdir()) == []
