@@ -66,6 +66,7 @@ ROOT_JOB_KEY = "root_job"
 LEADER_PID_KEY = "leader.pid"
 KILL_FLAG_KEY = "kill.flag"
 STORE_FORMAT = 1
+HINT_SLOTS = "hint-slots/"
 LOG_INBOX = "logs/inbox/"
 LOG_CLAIMS = "logs/claims/"
 LOG_ARCHIVE = "logs/archive/"
@@ -77,6 +78,9 @@ DEFAULT_LOG_LEASE = 60.0
 _SHARED_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _UUID = re.compile(r"^[0-9a-f]{32}$")
+_HINT = re.compile(r"[A-Za-z0-9_.-]{1,40}")
+_HINT_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
+_MAX_HINTS_LENGTH = 120
 _META_EXECUTABLE = "executable"
 _CONCURRENT_LOADS = 64
 _COPY_CHUNK = 1 << 20
@@ -222,6 +226,8 @@ def _file_key(file_id: str) -> str:
     well_formed = (
         (parts[0] == "c" and len(parts) == 5 and _JOB_ID.match(parts[2]) and _UUID.match(parts[3]))
         or (parts[0] == "n" and len(parts) == 4 and _UUID.match(parts[2]))
+        or (parts[0] == "h" and len(parts) >= 5 and parts[1].isdigit() and len(parts) == int(parts[1]) + 4
+            and all(_HINT.fullmatch(hint) for hint in parts[2:-2]) and parts[-2].isdigit())
     )
     if not well_formed:
         raise InvalidKeyError(
@@ -229,6 +235,22 @@ def _file_key(file_id: str) -> str:
             "write_file_stream or get_empty_file_store_id"
         )
     return "files/" + file_id
+
+
+def hint_path(hints: Iterable[str] | None) -> str:
+    """The hints of a file as a path: each hint's ASCII letters, digits and ``_.-`` (at most 40), dropping empty,
+    ``.`` and ``..`` ones, at most 120 characters in all (Toil's rules)."""
+    parts: list[str] = []
+    total = 0
+    for hint in hints or ():
+        cleaned = _HINT_CHARS.sub("", str(hint))[:40]
+        if cleaned in ("", ".", ".."):
+            continue
+        total += len(cleaned) + (1 if parts else 0)
+        if total > _MAX_HINTS_LENGTH:
+            break
+        parts.append(cleaned)
+    return "/".join(parts)
 
 
 def _job_key(job_id: str) -> str:
@@ -300,6 +322,7 @@ class JobStore:
         self._backend_options = backend_options or {}
         self._ready = False
         self._url_backends: dict[tuple[str, str], Backend] = {}
+        self._hint_slots: dict[str, int] = {}  # the highest slot this object claimed, per hint path
 
     def __repr__(self) -> str:
         return f"<JobStore {self.locator}>"
@@ -546,22 +569,54 @@ class JobStore:
 
     # ----------------------------------------------------------------------------------------------- files
 
-    def _new_file_key(self, job_id: str | None, cleanup: bool, basename: str) -> str:
-        unique = uuid.uuid4().hex
+    async def _new_file_key(self, job_id: str | None, cleanup: bool, basename: str,
+                            hints: Iterable[str] | None = None) -> str:
+        """A fresh key for a new file. With ``hints`` (and no cleanup), the ID is human-findable:
+        ``h/<number of hints>/<hint>/.../<slot>/<basename>``, the slot the lowest free number claimed for these
+        hints (create-only, so distinct across processes and nodes, and never reused after a delete)."""
         _check_basename(basename)
         if cleanup:
             if job_id is None:
                 raise JobStoreError("cleanup=True needs the job_id of the job whose deletion removes the file")
             _check_job_id(job_id)
-            return f"files/c/{_shard(job_id)}/{job_id}/{unique}/{basename}"
+            return f"files/c/{_shard(job_id)}/{job_id}/{uuid.uuid4().hex}/{basename}"
+        path = hint_path(hints)
+        if path:
+            count = path.count("/") + 1
+            slot = await self._claim_hint_slot(f"{count}/{path}")
+            return f"files/h/{count}/{path}/{slot}/{basename}"
+        unique = uuid.uuid4().hex
         return f"files/n/{unique[:2]}/{unique}/{basename}"
 
+    async def _claim_hint_slot(self, hints: str) -> int:
+        """Claim a free slot number under ``hint-slots/<hints>/`` with a create-only marker (kept after the file is
+        deleted, so a slot is never reused). Probes the slot after the last one this store object claimed, then
+        ever further (1, 2, 4, ... past it) until one is free: a fresh process's n-th file with the same hints
+        costs O(log n) requests, the next ones one each."""
+        async def claim(slot: int) -> bool:
+            try:
+                await self.backend.put_bytes(f"{HINT_SLOTS}{hints}/{slot}", b"", if_absent=True)
+                return True
+            except ConcurrentModificationError:
+                return False
+
+        known_taken = self._hint_slots.get(hints, -1)
+        step, low = 1, known_taken + 1
+        while not await claim(low):
+            known_taken = low
+            low = known_taken + step
+            step *= 2
+        self._hint_slots[hints] = max(self._hint_slots.get(hints, -1), low)
+        return low
+
     async def write_file(self, local_path: str | os.PathLike[str], job_id: str | None = None,
-                         cleanup: bool = False, *, progress: ProgressCallback | None = None) -> FileID:
-        """Copy a local file into the store; the ID ends with its basename and keeps its executable bit."""
+                         cleanup: bool = False, *, hints: Iterable[str] | None = None,
+                         progress: ProgressCallback | None = None) -> FileID:
+        """Copy a local file into the store; the ID ends with its basename and keeps its executable bit. With
+        ``hints`` (words such as workflow and task names) the ID contains them, for people to find the file."""
         self._require_ready()
         local_path = os.fspath(local_path)
-        key = self._new_file_key(job_id, cleanup, os.path.basename(local_path) or "file")
+        key = await self._new_file_key(job_id, cleanup, os.path.basename(local_path) or "file", hints)
         try:
             executable = await anyio.to_thread.run_sync(_is_executable, local_path)
         except FileNotFoundError:
@@ -583,22 +638,24 @@ class JobStore:
 
     @asynccontextmanager
     async def write_file_stream(self, job_id: str | None = None, cleanup: bool = False, basename: str | None = None,
-                                encoding: str | None = None, errors: str | None = None
+                                encoding: str | None = None, errors: str | None = None, *,
+                                hints: Iterable[str] | None = None
                                 ) -> AsyncIterator[tuple[AsyncWriter | TextWriter, FileID]]:
         """Yield ``(writer, file_id)`` for a new file; it exists once the block exits cleanly, and not at all
         if the block raises or is cancelled. ``file_id.size`` is set when the block exits."""
         self._require_ready()
-        key = self._new_file_key(job_id, cleanup, basename or "stream")
+        key = await self._new_file_key(job_id, cleanup, basename or "stream", hints)
         file_id = FileID(key[len("files/") :])
         async with self._writer(key, encoding=encoding, errors=errors) as writer:
             yield writer, file_id
         file_id.size = writer.bytes_written
 
     async def get_empty_file_store_id(self, job_id: str | None = None, cleanup: bool = False,
-                                      basename: str | None = None) -> FileID:
+                                      basename: str | None = None, *,
+                                      hints: Iterable[str] | None = None) -> FileID:
         """Create an empty file and return its ID (for a file to be written later with update_file*)."""
         self._require_ready()
-        key = self._new_file_key(job_id, cleanup, basename or "empty")
+        key = await self._new_file_key(job_id, cleanup, basename or "empty", hints)
         await self.backend.put_bytes(key, b"")
         return FileID(key[len("files/") :], 0)
 
@@ -870,8 +927,8 @@ class JobStore:
         if shared_file_name is not None:
             key = "shared/" + check_shared_file_name(shared_file_name)
         else:
-            key = self._new_file_key(None, False, _check_basename(unquote(urlparse(src_url).path).rsplit("/", 1)[-1]
-                                                                  or "imported"))
+            key = await self._new_file_key(None, False, _check_basename(
+                unquote(urlparse(src_url).path).rsplit("/", 1)[-1] or "imported"))
         scheme = urlparse(src_url).scheme.lower()
         if scheme in ("http", "https"):
             info = await self._import_http(src_url, key)

@@ -15,7 +15,7 @@ import functools
 import io
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any, TypeVar
 
@@ -354,11 +354,11 @@ class SyncJobStore:
         return iter(run("jobs", collect))
 
     def write_file_stream(self, job_id: str | None = None, cleanup: bool = False, basename: str | None = None,
-                          encoding: str | None = None, errors: str | None = None
-                          ) -> contextlib_cm[tuple[Any, FileID]]:
+                          encoding: str | None = None, errors: str | None = None, *,
+                          hints: Iterable[str] | None = None) -> contextlib_cm[tuple[Any, FileID]]:
         """Yield ``(file, file_id)``: a writable file object; the file exists once the block exits cleanly."""
         return _write_stream("write_file_stream",
-                             lambda: self.store.write_file_stream(job_id, cleanup, basename),
+                             lambda: self.store.write_file_stream(job_id, cleanup, basename, hints=hints),
                              encoding, errors, with_id=True)
 
     def update_file_stream(self, file_id: str, encoding: str | None = None,

@@ -673,3 +673,29 @@ def assert_no_temp_files(job_store: JobStore) -> None:
         return
     leftovers = [name for _, _, names in os.walk(root) for name in names if name.startswith(".ajs-tmp-")]
     assert leftovers == []
+
+
+# ---------------------------------------------------------------------------------------------- hinted IDs
+
+
+async def test_hinted_file_ids_carry_the_hints_and_are_never_reused(store, other, tmp_path):
+    source = tmp_path / "file.txt"
+    source.write_bytes(b"Hello!\n")
+    first = await store.write_file(source, hints=["lions", "tigers", "bears"])
+    second = await other.write_file(source, hints=["lions", "tigers", "bears"])  # another process, same hints
+    assert first != second and all(word in first for word in ("lions", "tigers", "bears"))
+    assert sum(a != b for a, b in zip(first, second)) + abs(len(first) - len(second)) < 3  # findable: close IDs
+    await store.delete_file(first)
+    third = await store.write_file(source, hints=["lions", "tigers", "bears"])
+    assert third not in (first, second) and await store.file_exists(third) and await other.file_exists(second)
+    odd = await store.write_file(source, hints=["", "..", "/", "wha/les", "x" * 500, "a" * 39])
+    assert "/../" not in odd and "whales" in odd and len(odd) < 200
+    a0 = await store.write_file(source, hints=["a", "0"])
+    a = await store.write_file(source, hints=["a"])
+    assert len({a0, a, first, second, third, odd}) == 6
+    for file_id in (a0, a, odd, third):
+        async with other.read_file_stream(file_id) as reader:
+            assert await reader.read() == b"Hello!\n"
+    async with store.write_file_stream(hints=["stream"], basename="s.bin") as (writer, stream_id):
+        await writer.write(b"s")
+    assert "stream" in stream_id and await other.get_file_size(stream_id) == 1
