@@ -47,7 +47,8 @@ from .errors import (
     NoSuchJobError,
     NoSuchJobStoreError,
 )
-from .jobstore import FileID, JobStore, check_shared_file_name, open_store
+from .jobstore import FileID, JobStore, open_store
+from .layout import check_shared_file_name
 from .locator import open_backend, parse_locator
 from .transfer import TransferConfig
 

@@ -10,28 +10,18 @@ keeps the same promises:
   ``write_config`` likewise refuses to overwrite a config written by someone else since it was read;
 * deletes are idempotent.
 
-Object layout under the store's root::
-
-    config.json                       the store's config (its presence means "initialized")
-    jobs/<xx>/<job id>                one object per job (JSON by default)
-    files/c/<xx>/<job id>/<uuid>/<basename>   files deleted with their job (cleanup=True)
-    files/n/<xx>/<uuid>/<basename>    other files            (file ID = the part after "files/")
-    shared/<name>                     shared files
-    logs/inbox/<time>-<uuid>          unread logs; read ones move to logs/archive/
-    root_job, leader.pid, kill.flag   bookkeeping
+The object layout (which key holds what) is defined in :mod:`aiojobstore.layout`.
 """
 
 from __future__ import annotations
 
 import contextvars
 import functools
-import hashlib
 import inspect
 import json
 import logging
 import os
 import pickle
-import re
 import stat as stat_module
 import time
 import uuid
@@ -57,31 +47,37 @@ from .errors import (
     NoSuchJobError,
     NoSuchJobStoreError,
 )
+from .layout import (
+    CONFIG_KEY,
+    FILES,
+    HINT_SLOTS,
+    JOBS,
+    KILL_FLAG_KEY,
+    LEADER_PID_KEY,
+    LOG_ARCHIVE,
+    LOG_CLAIMS,
+    LOG_INBOX,
+    META_EXECUTABLE,
+    ROOT_JOB_KEY,
+    STORE_FORMAT,
+    check_basename,
+    check_job_id,
+    file_id_of,
+    file_key,
+    hint_path,
+    job_key,
+    shard,
+    shared_key,
+)
 from .locator import Locator, open_backend, parse_locator
 from .streams import AsyncReader, AsyncWriter, TextReader, TextWriter
 from .transfer import ProgressCallback, TransferConfig
 
-CONFIG_KEY = "config.json"
-ROOT_JOB_KEY = "root_job"
-LEADER_PID_KEY = "leader.pid"
-KILL_FLAG_KEY = "kill.flag"
-STORE_FORMAT = 1
-HINT_SLOTS = "hint-slots/"
-LOG_INBOX = "logs/inbox/"
-LOG_CLAIMS = "logs/claims/"
-LOG_ARCHIVE = "logs/archive/"
 #: Age in seconds past which :meth:`JobStore.clean` takes what dead writers left for debris.
 DEFAULT_DEBRIS_AGE = 3600.0
 #: Seconds a reader's claim on a log lasts without renewal (see :meth:`JobStore.read_logs`).
 DEFAULT_LOG_LEASE = 60.0
 
-_SHARED_NAME = re.compile(r"^[a-zA-Z0-9._-]+$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_UUID = re.compile(r"^[0-9a-f]{32}$")
-_HINT = re.compile(r"[A-Za-z0-9_.-]{1,40}")
-_HINT_CHARS = re.compile(r"[^A-Za-z0-9_.-]")
-_MAX_HINTS_LENGTH = 120
-_META_EXECUTABLE = "executable"
 _CONCURRENT_LOADS = 64
 _COPY_CHUNK = 1 << 20
 _MAX_REDIRECTS = 10
@@ -185,78 +181,6 @@ def _decode_config(raw: bytes) -> dict[str, Any]:
     return config
 
 
-def _shard(text: str) -> str:
-    return hashlib.blake2b(text.encode(), digest_size=1).hexdigest()
-
-
-def check_shared_file_name(name: str) -> str:
-    """Return ``name`` if it is a valid shared-file name; raise :class:`InvalidKeyError` otherwise."""
-    if not isinstance(name, str) or not _SHARED_NAME.match(name) or name in (".", ".."):
-        raise InvalidKeyError(
-            f"invalid shared file name {name!r}: use only letters, digits, '.', '_' and '-' (no '/')"
-        )
-    return name
-
-
-def _check_job_id(job_id: str) -> str:
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
-        raise NoSuchJobError(str(job_id))
-    return job_id
-
-
-def _check_basename(basename: str) -> str:
-    try:
-        validate_key(basename)
-    except InvalidKeyError:
-        raise InvalidKeyError(f"invalid file basename {basename!r}: it must be a plain file name") from None
-    if "/" in basename or basename.startswith(".ajs-"):
-        raise InvalidKeyError(f"invalid file basename {basename!r}: it must be a plain file name, not a path")
-    return basename
-
-
-def _file_key(file_id: str) -> str:
-    """The object key of a file ID, after checking that the ID is one this store hands out."""
-    if not isinstance(file_id, str):
-        raise InvalidKeyError(f"a file ID is a string, not {type(file_id).__name__}")
-    try:
-        validate_key(file_id)
-    except InvalidKeyError as error:
-        raise InvalidKeyError(f"{file_id!r} is not a file ID of this store: {error}") from None
-    parts = file_id.split("/")
-    well_formed = (
-        (parts[0] == "c" and len(parts) == 5 and _JOB_ID.match(parts[2]) and _UUID.match(parts[3]))
-        or (parts[0] == "n" and len(parts) == 4 and _UUID.match(parts[2]))
-        or (parts[0] == "h" and len(parts) >= 5 and parts[1].isdigit() and len(parts) == int(parts[1]) + 4
-            and all(_HINT.fullmatch(hint) for hint in parts[2:-2]) and parts[-2].isdigit())
-    )
-    if not well_formed:
-        raise InvalidKeyError(
-            f"{file_id!r} is not a file ID of this store; file IDs are returned by write_file, "
-            "write_file_stream or get_empty_file_store_id"
-        )
-    return "files/" + file_id
-
-
-def hint_path(hints: Iterable[str] | None) -> str:
-    """The hints of a file as a path: each hint's ASCII letters, digits and ``_.-`` (at most 40), dropping empty,
-    ``.`` and ``..`` ones, at most 120 characters in all (Toil's rules)."""
-    parts: list[str] = []
-    total = 0
-    for hint in hints or ():
-        cleaned = _HINT_CHARS.sub("", str(hint))[:40]
-        if cleaned in ("", ".", ".."):
-            continue
-        total += len(cleaned) + (1 if parts else 0)
-        if total > _MAX_HINTS_LENGTH:
-            break
-        parts.append(cleaned)
-    return "/".join(parts)
-
-
-def _job_key(job_id: str) -> str:
-    return f"jobs/{_shard(job_id)}/{job_id}"
-
-
 def _is_executable(path: str) -> bool:
     return bool(os.stat(path).st_mode & stat_module.S_IXUSR)
 
@@ -270,7 +194,7 @@ def _set_executable(path: str, executable: bool) -> None:
 
 
 def _file_id_from(key: str, info: ObjectInfo) -> FileID:
-    return FileID(key[len("files/") :], info.size, info.metadata.get(_META_EXECUTABLE) == "1")
+    return FileID(file_id_of(key), info.size, info.metadata.get(META_EXECUTABLE) == "1")
 
 
 @dataclass
@@ -413,7 +337,7 @@ class JobStore:
         self._require_ready()
         if job.id is None:
             self.assign_job_id(job)
-        _check_job_id(job.id)  # type: ignore[arg-type]
+        check_job_id(job.id)  # type: ignore[arg-type]
         job.version = 1
         batch = _current_batch.get()
         if batch is not None and batch[0] == id(self):
@@ -424,7 +348,7 @@ class JobStore:
 
     async def _write_new_job(self, job: Job) -> None:
         try:
-            await self.backend.put_bytes(_job_key(job.id), self.codec.encode(job), if_absent=True)  # type: ignore
+            await self.backend.put_bytes(job_key(job.id), self.codec.encode(job), if_absent=True)  # type: ignore
         except ConcurrentModificationError:
             raise ConcurrentModificationError(f"a job with ID {job.id!r} already exists") from None
 
@@ -468,7 +392,7 @@ class JobStore:
     async def load_job(self, job_id: str) -> Job:
         """Read a job. Raises :class:`NoSuchJobError`."""
         self._require_ready()
-        key = _job_key(_check_job_id(job_id))
+        key = job_key(check_job_id(job_id))
         try:
             raw = await self.backend.get_bytes(key)
         except NoSuchFileError:
@@ -486,7 +410,7 @@ class JobStore:
         the stored job is newer than ``job`` (someone else updated it since it was loaded) and
         :class:`NoSuchJobError` when it was deleted."""
         self._require_ready()
-        key = _job_key(_check_job_id(job.id or ""))
+        key = job_key(check_job_id(job.id or ""))
         new = Job(job.name, job.data, job.id, job.version + 1)
         encoded = self.codec.encode(new)  # here, not in edit(): the caller may change job.data meanwhile
 
@@ -514,24 +438,24 @@ class JobStore:
     async def delete_job(self, job_id: str) -> None:
         """Delete a job and the files written for it with ``cleanup=True``. Idempotent."""
         self._require_ready()
-        _check_job_id(job_id)
-        await self.backend.delete_prefix(f"files/c/{_shard(job_id)}/{job_id}/")
-        await self.backend.delete(_job_key(job_id))
+        check_job_id(job_id)
+        await self.backend.delete_prefix(f"{FILES}c/{shard(job_id)}/{job_id}/")
+        await self.backend.delete(job_key(job_id))
 
     async def job_exists(self, job_id: str) -> bool:
         """Whether a job with this ID is in the store."""
         self._require_ready()
         try:
-            _check_job_id(job_id)
+            check_job_id(job_id)
         except NoSuchJobError:
             return False
-        return await self.backend.stat(_job_key(job_id)) is not None
+        return await self.backend.stat(job_key(job_id)) is not None
 
     async def jobs(self) -> AsyncIterator[Job]:
         """Every job in the store (loaded concurrently, yielded in no particular order). A record that cannot be
         read as a job (corrupt, planted, failing its checksum) is skipped with a warning naming its key."""
         self._require_ready()
-        keys = [info.key async for info in self.backend.list("jobs/", metadata=False)]
+        keys = [info.key async for info in self.backend.list(JOBS, metadata=False)]
         for start in range(0, len(keys), _CONCURRENT_LOADS):
             loaded: list[Job] = []
 
@@ -550,7 +474,7 @@ class JobStore:
     async def set_root_job(self, job_id: str) -> None:
         """Record which job is the workflow's root."""
         self._require_ready()
-        await self.backend.put_bytes(ROOT_JOB_KEY, _check_job_id(job_id).encode())
+        await self.backend.put_bytes(ROOT_JOB_KEY, check_job_id(job_id).encode())
 
     async def load_root_job(self) -> Job:
         """Load the root job. Raises :class:`NoSuchJobError` if none is set or it was deleted."""
@@ -574,19 +498,19 @@ class JobStore:
         """A fresh key for a new file. With ``hints`` (and no cleanup), the ID is human-findable:
         ``h/<number of hints>/<hint>/.../<slot>/<basename>``, the slot the lowest free number claimed for these
         hints (create-only, so distinct across processes and nodes, and never reused after a delete)."""
-        _check_basename(basename)
+        check_basename(basename)
         if cleanup:
             if job_id is None:
                 raise JobStoreError("cleanup=True needs the job_id of the job whose deletion removes the file")
-            _check_job_id(job_id)
-            return f"files/c/{_shard(job_id)}/{job_id}/{uuid.uuid4().hex}/{basename}"
+            check_job_id(job_id)
+            return f"{FILES}c/{shard(job_id)}/{job_id}/{uuid.uuid4().hex}/{basename}"
         path = hint_path(hints)
         if path:
             count = path.count("/") + 1
             slot = await self._claim_hint_slot(f"{count}/{path}")
-            return f"files/h/{count}/{path}/{slot}/{basename}"
+            return f"{FILES}h/{count}/{path}/{slot}/{basename}"
         unique = uuid.uuid4().hex
-        return f"files/n/{unique[:2]}/{unique}/{basename}"
+        return f"{FILES}n/{unique[:2]}/{unique}/{basename}"
 
     async def _claim_hint_slot(self, hints: str) -> int:
         """Claim a free slot number under ``hint-slots/<hints>/`` with a create-only marker (kept after the file is
@@ -621,9 +545,9 @@ class JobStore:
             executable = await anyio.to_thread.run_sync(_is_executable, local_path)
         except FileNotFoundError:
             raise NoSuchFileError(local_path, "the local file to write does not exist") from None
-        metadata = {_META_EXECUTABLE: "1"} if executable else {}
+        metadata = {META_EXECUTABLE: "1"} if executable else {}
         info = await self.backend.upload_file(local_path, key, metadata=metadata, progress=progress)
-        return FileID(key[len("files/") :], info.size, executable)
+        return FileID(file_id_of(key), info.size, executable)
 
     @asynccontextmanager
     async def _writer(self, key: str, *, encoding: str | None, errors: str | None,
@@ -645,7 +569,7 @@ class JobStore:
         if the block raises or is cancelled. ``file_id.size`` is set when the block exits."""
         self._require_ready()
         key = await self._new_file_key(job_id, cleanup, basename or "stream", hints)
-        file_id = FileID(key[len("files/") :])
+        file_id = FileID(file_id_of(key))
         async with self._writer(key, encoding=encoding, errors=errors) as writer:
             yield writer, file_id
         file_id.size = writer.bytes_written
@@ -657,10 +581,10 @@ class JobStore:
         self._require_ready()
         key = await self._new_file_key(job_id, cleanup, basename or "empty", hints)
         await self.backend.put_bytes(key, b"")
-        return FileID(key[len("files/") :], 0)
+        return FileID(file_id_of(key), 0)
 
     async def _existing_file(self, file_id: str) -> tuple[str, ObjectInfo]:
-        key = _file_key(file_id)
+        key = file_key(file_id)
         info = await self.backend.stat(key)
         if info is None:
             raise NoSuchFileError(file_id)
@@ -672,7 +596,7 @@ class JobStore:
         self._require_ready()
         key, _ = await self._existing_file(file_id)
         executable = await anyio.to_thread.run_sync(_is_executable, os.fspath(local_path))
-        info = await self.backend.upload_file(local_path, key, metadata={_META_EXECUTABLE: "1"} if executable else {},
+        info = await self.backend.upload_file(local_path, key, metadata={META_EXECUTABLE: "1"} if executable else {},
                                               progress=progress)
         if isinstance(file_id, FileID):
             file_id.size, file_id.executable = info.size, executable
@@ -684,7 +608,7 @@ class JobStore:
         the old content stays. Raises :class:`NoSuchFileError`."""
         self._require_ready()
         key, info = await self._existing_file(file_id)
-        keep = {_META_EXECUTABLE: "1"} if info.metadata.get(_META_EXECUTABLE) == "1" else {}
+        keep = {META_EXECUTABLE: "1"} if info.metadata.get(META_EXECUTABLE) == "1" else {}
         async with self._writer(key, encoding=encoding, errors=errors, metadata=keep) as writer:
             yield writer
         if isinstance(file_id, FileID):
@@ -695,7 +619,7 @@ class JobStore:
         """Copy a file out of the store to ``local_path`` (atomically), restoring its executable bit. With
         ``symlink=True`` a local store may link to its own copy instead; never modify a linked file."""
         self._require_ready()
-        key = _file_key(file_id)
+        key = file_key(file_id)
         local_path = os.fspath(local_path)
         source = self.backend.local_path(key)
         if symlink and source is not None:
@@ -703,7 +627,7 @@ class JobStore:
             if info is None:
                 raise NoSuchFileError(file_id)
             # a link shows the stored file's mode, which is not executable: an executable file is copied instead
-            if info.metadata.get(_META_EXECUTABLE) != "1":
+            if info.metadata.get(META_EXECUTABLE) != "1":
                 try:
                     await anyio.to_thread.run_sync(os.symlink, source, local_path)
                     return
@@ -713,14 +637,14 @@ class JobStore:
             info = await self.backend.download_file(key, local_path, progress=progress)
         except NoSuchFileError:
             raise NoSuchFileError(file_id) from None
-        await anyio.to_thread.run_sync(_set_executable, local_path, info.metadata.get(_META_EXECUTABLE) == "1")
+        await anyio.to_thread.run_sync(_set_executable, local_path, info.metadata.get(META_EXECUTABLE) == "1")
 
     @asynccontextmanager
     async def read_file_stream(self, file_id: str, encoding: str | None = None,
                                errors: str | None = None) -> AsyncIterator[AsyncReader | TextReader]:
         """Yield a reader over a file's content (text when ``encoding`` is given). Raises NoSuchFileError."""
         self._require_ready()
-        async with self._reader(_file_key(file_id), file_id, encoding, errors) as reader:
+        async with self._reader(file_key(file_id), file_id, encoding, errors) as reader:
             yield reader
 
     @asynccontextmanager
@@ -737,12 +661,12 @@ class JobStore:
     async def delete_file(self, file_id: str) -> None:
         """Delete a file. Idempotent."""
         self._require_ready()
-        await self.backend.delete(_file_key(file_id))
+        await self.backend.delete(file_key(file_id))
 
     async def file_exists(self, file_id: str) -> bool:
         """Whether the file is in the store."""
         self._require_ready()
-        return await self.backend.stat(_file_key(file_id)) is not None
+        return await self.backend.stat(file_key(file_id)) is not None
 
     async def get_file_size(self, file_id: str) -> int:
         """The file's size in bytes. Raises :class:`NoSuchFileError`."""
@@ -759,7 +683,7 @@ class JobStore:
         """Yield a writer for a shared file (replaced atomically on clean exit). ``encrypted=None`` encrypts
         when the store has a key; ``True`` requires one (:class:`EncryptionKeyError` otherwise)."""
         self._require_ready()
-        key = "shared/" + check_shared_file_name(shared_file_name)
+        key = shared_key(shared_file_name)
         encrypt = self.backend.sse_key is not None if encrypted is None else encrypted
         async with self._writer(key, encoding=encoding, errors=errors, encrypted=encrypt) as writer:
             yield writer
@@ -770,14 +694,14 @@ class JobStore:
         """Yield a reader over a shared file. Raises :class:`NoSuchFileError`, or :class:`EncryptionKeyError`
         when it is encrypted and the store's key is missing or wrong."""
         self._require_ready()
-        key = "shared/" + check_shared_file_name(shared_file_name)
+        key = shared_key(shared_file_name)
         async with self._reader(key, shared_file_name, encoding, errors) as reader:
             yield reader
 
     async def shared_file_exists(self, shared_file_name: str) -> bool:
         """Whether a shared file of this name exists."""
         self._require_ready()
-        return await self.backend.stat("shared/" + check_shared_file_name(shared_file_name)) is not None
+        return await self.backend.stat(shared_key(shared_file_name)) is not None
 
     # ------------------------------------------------------------------------------------------------ logs
 
@@ -925,9 +849,9 @@ class JobStore:
         FileID, or ``None`` when it was stored as the shared file ``shared_file_name``."""
         self._require_ready()
         if shared_file_name is not None:
-            key = "shared/" + check_shared_file_name(shared_file_name)
+            key = shared_key(shared_file_name)
         else:
-            key = await self._new_file_key(None, False, _check_basename(
+            key = await self._new_file_key(None, False, check_basename(
                 unquote(urlparse(src_url).path).rsplit("/", 1)[-1] or "imported"))
         scheme = urlparse(src_url).scheme.lower()
         if scheme in ("http", "https"):
@@ -942,12 +866,12 @@ class JobStore:
             if local is not None:
                 executable = await anyio.to_thread.run_sync(_is_executable, local)
             else:
-                executable = src_info.metadata.get(_META_EXECUTABLE) == "1"
+                executable = src_info.metadata.get(META_EXECUTABLE) == "1"
             info = await self._transfer(source, src_key, self.backend, key,
-                                        {_META_EXECUTABLE: "1"} if executable else {})
+                                        {META_EXECUTABLE: "1"} if executable else {})
         if shared_file_name is not None:
             return None
-        return FileID(key[len("files/") :], info.size, executable)
+        return FileID(file_id_of(key), info.size, executable)
 
     async def _import_http(self, url: str, key: str) -> ObjectInfo:
         """Stream an http(s) URL into ``key``. No total time limit: a download that keeps receiving runs as long
@@ -1005,14 +929,14 @@ class JobStore:
         self._require_ready()
         key, info = await self._existing_file(file_id)
         dest, dst_key = self._url_backend(dst_url)
-        executable = info.metadata.get(_META_EXECUTABLE) == "1"
+        executable = info.metadata.get(META_EXECUTABLE) == "1"
         target = dest.local_path(dst_key)
         if target is not None:
             await anyio.to_thread.run_sync(functools.partial(os.makedirs, os.path.dirname(target), exist_ok=True))
             await self.backend.download_file(key, target)
             await anyio.to_thread.run_sync(_set_executable, target, executable)
             return
-        await self._transfer(self.backend, key, dest, dst_key, {_META_EXECUTABLE: "1"} if executable else {})
+        await self._transfer(self.backend, key, dest, dst_key, {META_EXECUTABLE: "1"} if executable else {})
 
     async def get_public_url(self, file_id: str) -> str:
         """A URL from which the file can be read without this library (presigned where the backend needs it)."""
@@ -1023,7 +947,7 @@ class JobStore:
     async def get_shared_public_url(self, shared_file_name: str) -> str:
         """A URL from which the shared file can be read without this library."""
         self._require_ready()
-        key = "shared/" + check_shared_file_name(shared_file_name)
+        key = shared_key(shared_file_name)
         if await self.backend.stat(key) is None:
             raise NoSuchFileError(shared_file_name)
         return await self.backend.presign(key, self.public_url_expires)
@@ -1071,7 +995,7 @@ class JobStore:
                     except (NoSuchJobError, CorruptRecordError, IntegrityError):
                         continue
             frontier = found
-        unreachable = [info.key.rsplit("/", 1)[-1] async for info in self.backend.list("jobs/", metadata=False)
+        unreachable = [info.key.rsplit("/", 1)[-1] async for info in self.backend.list(JOBS, metadata=False)
                        if info.key.rsplit("/", 1)[-1] not in reachable]
         await self._for_each(unreachable, self.delete_job)
         return unreachable

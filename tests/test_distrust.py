@@ -14,7 +14,7 @@ import stat
 import pytest
 
 from aiojobstore import CorruptRecordError, Job, JobStoreError, NoSuchJobError, open_store
-from aiojobstore.jobstore import _job_key
+from aiojobstore.layout import job_key as _job_key
 from tests.conftest import open_target
 
 
