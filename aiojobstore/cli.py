@@ -40,7 +40,7 @@ import anyio
 from tqdm import tqdm
 
 from . import __version__
-from .backends.base import Backend, ObjectInfo
+from .backends.base import META_KEY_SHA256, Backend, ObjectInfo
 from .errors import (
     JobStoreError,
     NoSuchFileError,
@@ -48,7 +48,7 @@ from .errors import (
     NoSuchJobStoreError,
 )
 from .jobstore import FileID, JobStore, open_store
-from .layout import check_shared_file_name
+from .layout import META_EXECUTABLE, check_shared_file_name
 from .locator import open_backend, parse_locator
 from .transfer import TransferConfig
 
@@ -396,10 +396,7 @@ async def _source_size(ref: Ref, store: JobStore | None, args: argparse.Namespac
         return None if ref.path == "-" else await anyio.to_thread.run_sync(_size_of, ref.path)
     if isinstance(ref, StoreRef) and store is not None:
         if ref.shared_name is not None:
-            info = await store.backend.stat("shared/" + check_shared_file_name(ref.shared_name))
-            if info is None:
-                raise NoSuchFileError(ref.path)
-            return info.size
+            return (await store.stat_shared_file(ref.shared_name)).size
         _check_file_ref(ref)
         return await store.get_file_size(ref.path)
     return None
@@ -535,15 +532,17 @@ async def _copy_recursive(src: Ref, dst: Ref, args: argparse.Namespace, stack: A
             raise CLIError("'cp -r' needs a destination directory, not '-'")
         store = await stack.enter_async_context(opened(src.locator, args))
         shared = src.path == "shared" or src.path.startswith("shared/")
-        prefix = ("shared/" + src.path[len("shared/") :]) if shared else "files/" + src.path
-        infos = [info async for info in store.backend.list(prefix)]
+        if shared:
+            infos = [info async for info in store.list_shared_files(src.path[len("shared/") :])]
+        else:
+            infos = [info async for info in store.list_files(src.path)]
         if not infos:
             raise CLIError(f"nothing in {src.locator} matches {src.path or '(all files)'!r}")
         progress = _Progress(sum(info.size for info in infos), args.progress, "cp -r")
         stack.callback(progress.close)
 
         async def fetch(info: ObjectInfo) -> None:
-            relative = info.key[len("files/") :] if not shared else info.key[len("shared/") :]
+            relative = info.key
             target = os.path.join(dst.path, *relative.split("/"))
             await anyio.to_thread.run_sync(lambda: os.makedirs(os.path.dirname(target), exist_ok=True))
             if shared:
@@ -608,20 +607,19 @@ async def cmd_ls(args: argparse.Namespace) -> int:
                 _say(f"  {job.id}  v{job.version}  {job.name}{mark}")
         if show_all or args.files:
             prefix = "" if ref.path.startswith("shared") else ref.path
-            files = sorted([info async for info in store.backend.list("files/" + prefix, metadata=False)],
-                           key=lambda i: i.key)
+            files = sorted([info async for info in store.list_files(prefix)], key=lambda i: i.key)
             total = sum(info.size for info in files)
             _say(f"files ({len(files)}, {size(total)} bytes):" if not args.human else
                  f"files ({len(files)}, {size(total)}):")
             width = max((len(size(info.size)) for info in files), default=1)
             for info in files:
-                _say(f"  {size(info.size):>{width}}  {info.key[len('files/') :]}")
+                _say(f"  {size(info.size):>{width}}  {info.key}")
         if show_all or args.shared:
-            shared = sorted([info async for info in store.backend.list("shared/", metadata=False)], key=lambda i: i.key)
+            shared = sorted([info async for info in store.list_shared_files()], key=lambda i: i.key)
             _say(f"shared ({len(shared)}):")
             width = max((len(size(info.size)) for info in shared), default=1)
             for info in shared:
-                _say(f"  {size(info.size):>{width}}  shared/{info.key[len('shared/') :]}")
+                _say(f"  {size(info.size):>{width}}  shared/{info.key}")
     return 0
 
 
@@ -641,22 +639,18 @@ async def cmd_stat(args: argparse.Namespace) -> int:
             details = {"type": "job", **job.to_dict()}
         else:
             if ref.shared_name is not None:
-                key = "shared/" + check_shared_file_name(ref.shared_name)
+                info = await store.stat_shared_file(ref.shared_name)
                 details = {"type": "shared file", "name": ref.shared_name}
             else:
-                await store.get_file_size(ref.path)  # validates the ID; NoSuchFileError if missing
-                key = "files/" + ref.path
+                info = await store.stat_file(ref.path)
                 file_id = FileID(ref.path)
                 parts = ref.path.split("/")
                 details = {"type": "file", "id": ref.path, "basename": file_id.basename,
                            "cleanup_job": parts[2] if parts[0] == "c" else None}
-            info = await store.backend.stat(key)
-            if info is None:
-                raise NoSuchFileError(ref.path)
             details.update({
-                "size": info.size, "executable": info.metadata.get("executable") == "1",
+                "size": info.size, "executable": info.metadata.get(META_EXECUTABLE) == "1",
                 "modified": _format_time(info.mtime), "etag": info.etag,
-                "encrypted": "ajs-key-sha256" in info.metadata,
+                "encrypted": META_KEY_SHA256 in info.metadata,
             })
     if args.json:
         _say(json.dumps(details, indent=2, default=str))
@@ -684,10 +678,9 @@ async def cmd_rm(args: argparse.Namespace) -> int:
                     raise NoSuchJobError(ref.path)
                 await store.delete_job(ref.path)
             elif ref.shared_name is not None:
-                key = "shared/" + check_shared_file_name(ref.shared_name)
-                if await store.backend.stat(key) is None and not args.force:
+                if not await store.shared_file_exists(ref.shared_name) and not args.force:
                     raise NoSuchFileError(ref.path)
-                await store.backend.delete(key)
+                await store.delete_shared_file(ref.shared_name)
             else:
                 if not await store.file_exists(ref.path) and not args.force:
                     raise NoSuchFileError(ref.path)
@@ -790,7 +783,7 @@ async def cmd_destroy(args: argparse.Namespace) -> int:
         raise CLIError(f"destroy takes a store locator, not {args.store!r}")
     store = open_with_options(ref.locator, args)
     async with store:
-        if not await store.backend.exists():
+        if not await store.location_exists():
             _say(f"nothing to destroy: no job store at {ref.locator}")
             return 0
         try:

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -59,6 +59,7 @@ from .layout import (
     LOG_INBOX,
     META_EXECUTABLE,
     ROOT_JOB_KEY,
+    SHARED,
     STORE_FORMAT,
     check_basename,
     check_job_id,
@@ -306,6 +307,10 @@ class JobStore:
         self._config_etag = info.etag
         self.codec = Codec(stored)
         self._ready = True
+
+    async def location_exists(self) -> bool:
+        """Whether the location (directory, bucket) exists, whether or not it holds an initialized store."""
+        return await self.backend.exists()
 
     async def write_config(self) -> None:
         """Persist :attr:`config` (changed by the caller) atomically. Raises :class:`ConcurrentModificationError`
@@ -674,7 +679,40 @@ class JobStore:
         _, info = await self._existing_file(file_id)
         return info.size
 
+    async def stat_file(self, file_id: str) -> ObjectInfo:
+        """A file's size, modification time, etag and metadata (``key`` is the file ID). Raises
+        :class:`NoSuchFileError`."""
+        self._require_ready()
+        key, info = await self._existing_file(file_id)
+        return replace(info, key=file_id_of(key))
+
+    async def list_files(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every file whose ID starts with ``prefix``, in no promised order (``key`` is the file ID)."""
+        self._require_ready()
+        async for info in self.backend.list(FILES + prefix, metadata=False):
+            yield replace(info, key=file_id_of(info.key))
+
     # ---------------------------------------------------------------------------------------- shared files
+
+    async def stat_shared_file(self, shared_file_name: str) -> ObjectInfo:
+        """A shared file's info (``key`` is its name). Raises :class:`NoSuchFileError`."""
+        self._require_ready()
+        info = await self.backend.stat(shared_key(shared_file_name))
+        if info is None:
+            raise NoSuchFileError(shared_file_name)
+        return replace(info, key=shared_file_name)
+
+    async def list_shared_files(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        """Every shared file whose name starts with ``prefix`` (``key`` is the name)."""
+        self._require_ready()
+        async for info in self.backend.list(SHARED + prefix, metadata=False):
+            yield replace(info, key=info.key[len(SHARED) :])
+
+    async def delete_shared_file(self, shared_file_name: str) -> None:
+        """Delete a shared file. Idempotent."""
+        self._require_ready()
+        await self.backend.delete(shared_key(shared_file_name))
+
 
     @asynccontextmanager
     async def write_shared_file_stream(self, shared_file_name: str, encrypted: bool | None = None,
