@@ -39,7 +39,7 @@ from urllib.parse import unquote, urlparse
 import anyio
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, units
 from .backends.base import META_KEY_SHA256, Backend, ObjectInfo
 from .errors import (
     JobStoreError,
@@ -51,6 +51,7 @@ from .jobstore import FileID, JobStore, open_store
 from .layout import META_EXECUTABLE, check_shared_file_name
 from .locator import open_backend, parse_locator
 from .transfer import TransferConfig
+from .units import human_duration, human_size
 
 PROG = "aiojobstore"
 MiB = 1 << 20
@@ -58,8 +59,6 @@ PROGRESS_THRESHOLD = 4 * MiB
 COPY_CHUNK = 4 * MiB
 COPY_PARALLEL = 8
 _URL = re.compile(r"^(s3|gs|file|https?)://", re.I)
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)b?\s*$", re.I)
-_UNITS = {"": 0, "k": 1, "m": 2, "g": 3, "t": 4}
 
 
 class CLIError(Exception):
@@ -70,24 +69,11 @@ class CLIError(Exception):
 
 
 def parse_size(text: str) -> int:
-    """Parse a byte count: ``1048576``, ``64MiB``, ``64M`` (= MiB), ``1.5GB`` (decimal), ``2GiB``."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}: use bytes or a unit, e.g. 64MiB, 2GiB, 500MB")
-    number, unit, binary = match.groups()
-    decimal = unit and not binary and text.strip().lower().endswith("b")
-    base = 1000 if decimal else 1024
-    return int(float(number) * base ** _UNITS[unit.lower()])
-
-
-def human_size(n: int) -> str:
-    """``1536`` -> ``1.5 KiB``."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(value) < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
+    """Parse a byte count for an option (see :func:`aiojobstore.units.parse_size`)."""
+    try:
+        return units.parse_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -736,23 +722,16 @@ async def cmd_clean(args: argparse.Namespace) -> int:
         return 0
     kinds = ", ".join(f"{count} {kind}{'s' if count != 1 else ''}" for kind, count in sorted(debris.kinds.items()))
     _say(f"reclaimed {debris.items} item{'s' if debris.items != 1 else ''} ({human_size(debris.bytes)})"
-         + (f": {kinds}" if kinds else "") + f" older than {_human_duration(args.older_than)} in {ref.locator}")
+         + (f": {kinds}" if kinds else "") + f" older than {human_duration(args.older_than)} in {ref.locator}")
     return 0
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text.lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use seconds or a number with s, m, h or d")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-
-
-def _human_duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size and seconds % size == 0:
-            return f"{int(seconds // size)}{unit}"
-    return f"{seconds:g}s"
+    """Parse a duration for an option (see :func:`aiojobstore.units.parse_duration`)."""
+    try:
+        return units.parse_duration(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 async def cmd_init(args: argparse.Namespace) -> int:

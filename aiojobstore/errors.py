@@ -15,6 +15,10 @@ class InvalidLocatorError(JobStoreError, ValueError):
     """A locator string (or URL) names no store aiojobstore can open."""
 
 
+class InvalidOptionError(JobStoreError, ValueError):
+    """An option of ``open_store`` / ``open_object_store`` is unknown or has a bad value."""
+
+
 class InvalidKeyError(JobStoreError, ValueError):
     """A file ID, key, shared-file name or state key is malformed or points outside the store."""
 
@@ -122,6 +126,7 @@ __all__ = [
     "InvalidImportExportUrlException",
     "InvalidKeyError",
     "InvalidLocatorError",
+    "InvalidOptionError",
     "JobStoreError",
     "JobStoreExistsError",
     "JobStoreExistsException",

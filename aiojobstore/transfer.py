@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 import anyio
 import crc32c as _crc32c
 
-from .errors import TransferError
+from .errors import InvalidOptionError, TransferError
+from .units import parse_size
 
 log = logging.getLogger("aiojobstore.transfer")
 
@@ -41,6 +42,9 @@ MAX_PARTS = 10_000
 IO_SLICE_SIZE = MiB
 #: Worker threads one store hashes local files with (:meth:`TransferLimits.file_crc32c`), queued in arrival order.
 CHECKSUM_THREADS = max(2, os.cpu_count() or 2)
+
+
+_SIZE_FIELDS = ("part_size", "max_memory", "min_part_size", "io_slice_size")
 
 
 @dataclass(frozen=True)
@@ -76,14 +80,21 @@ class TransferConfig:
     direct_requests: bool = True
 
     def __post_init__(self) -> None:
+        for name in _SIZE_FIELDS:  # "50MiB" as well as 52428800
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                try:
+                    object.__setattr__(self, name, parse_size(value))
+                except ValueError as error:
+                    raise InvalidOptionError(f"{name}: {error}") from None
         if self.part_size < 1:
-            raise ValueError(f"part_size must be a positive number of bytes, not {self.part_size}")
+            raise InvalidOptionError(f"part_size must be a positive number of bytes, not {self.part_size}")
         if self.max_concurrency < 1 or self.max_requests < 1:
-            raise ValueError("max_concurrency and max_requests must be at least 1")
+            raise InvalidOptionError("max_concurrency and max_requests must be at least 1")
         if self.max_attempts < 1:
-            raise ValueError(f"max_attempts must be at least 1, not {self.max_attempts}")
+            raise InvalidOptionError(f"max_attempts must be at least 1, not {self.max_attempts}")
         if self.max_parts < 1:
-            raise ValueError(f"max_parts must be at least 1, not {self.max_parts}")
+            raise InvalidOptionError(f"max_parts must be at least 1, not {self.max_parts}")
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> TransferConfig:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from os import PathLike
 from typing import Any
 
-from ..errors import EncryptionKeyError, InvalidKeyError, JobStoreError
+from ..errors import EncryptionKeyError, InvalidKeyError, InvalidOptionError
 from ..streams import AsyncReader, AsyncWriter
 from ..transfer import ProgressCallback, TransferConfig, TransferLimits
 
@@ -68,7 +68,7 @@ def reject_unknown_options(backend: str, options: dict[str, Any], accepted: Iter
     if options:
         from ..transfer import TransferConfig
 
-        raise JobStoreError(
+        raise InvalidOptionError(
             f"unknown option(s) for the {backend} backend: {', '.join(sorted(options))}. Accepted: "
             f"{', '.join(accepted)} and the transfer settings ({', '.join(TransferConfig.__dataclass_fields__)})"
         )
