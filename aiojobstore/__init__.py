@@ -1,8 +1,10 @@
-"""aiojobstore: an async-first job store for workflow engines (local disk, S3, GCS).
+"""aiojobstore: an async-first storage toolkit for workflow engines (local disk, S3, GCS).
 
->>> store = aiojobstore.open_store("file:/scratch/run1")
+>>> store = aiojobstore.open_store("file:/scratch/run1")              # a job store: jobs, files, logs
+>>> objects = aiojobstore.open_object_store("s3://bucket/prefix")     # objects at keys you choose
 """
 
+from .backends.base import ObjectInfo
 from .errors import (
     ConcurrentFileModificationException,
     ConcurrentModificationError,
@@ -25,19 +27,22 @@ from .errors import (
     StorageFullError,
     TransferError,
 )
-from .jobstore import FileID, Job, JobStore, open_store
+from .jobstore import CleanReport, FileID, Job, JobStore, open_store
 from .locator import parse_locator
+from .objects import IfMatch, ObjectStore, PutMode, copy, open_object_store
 from .transfer import TransferConfig
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "CleanReport",
     "ConcurrentFileModificationException",
     "ConcurrentModificationError",
     "ConditionalWritesUnsupportedError",
     "CorruptRecordError",
     "EncryptionKeyError",
     "FileID",
+    "IfMatch",
     "IntegrityError",
     "InvalidKeyError",
     "InvalidLocatorError",
@@ -53,9 +58,14 @@ __all__ = [
     "NoSuchJobException",
     "NoSuchJobStoreError",
     "NoSuchJobStoreException",
+    "ObjectInfo",
+    "ObjectStore",
+    "PutMode",
     "StorageFullError",
     "TransferConfig",
     "TransferError",
+    "copy",
+    "open_object_store",
     "open_store",
     "parse_locator",
 ]

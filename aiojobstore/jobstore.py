@@ -71,6 +71,7 @@ from .layout import (
     shared_key,
 )
 from .locator import Locator, open_backend, parse_locator
+from .objects import transfer_object
 from .streams import AsyncReader, AsyncWriter, TextReader, TextWriter
 from .transfer import ProgressCallback, TransferConfig
 
@@ -858,30 +859,6 @@ class JobStore:
             f"cannot import from or export to {url!r}: use a file://, s3:// or gs:// URL (http(s):// for imports)"
         )
 
-    async def _transfer(self, source: Backend, src_key: str, dest: Backend, dst_key: str,
-                        metadata: dict[str, str]) -> ObjectInfo:
-        """Copy one object between backends: server-side or a kernel copy where possible, else streamed."""
-        if source is dest:
-            return await dest.copy(src_key, dst_key, metadata=metadata)
-        local = source.local_path(src_key)
-        if local is not None:
-            try:
-                return await dest.upload_file(local, dst_key, metadata=metadata)
-            except NoSuchFileError:
-                raise NoSuchFileError(src_key, "the source does not exist") from None
-        target = dest.local_path(dst_key)
-        if target is not None and not metadata:
-            return await source.download_file(src_key, target)
-        copied = await dest.copy_from(source, src_key, dst_key)
-        if copied is not None:
-            return copied
-        async with source.open_reader(src_key) as reader, dest.open_writer(dst_key, metadata=metadata) as writer:
-            while chunk := await reader.read(_COPY_CHUNK):
-                await writer.write(chunk)
-        info = await dest.stat(dst_key)
-        assert info is not None
-        return info
-
     async def import_file(self, src_url: str, shared_file_name: str | None = None) -> FileID | None:
         """Copy the object at ``src_url`` (file://, s3://, gs://, http(s)://) into the store. Returns its
         FileID, or ``None`` when it was stored as the shared file ``shared_file_name``."""
@@ -905,8 +882,8 @@ class JobStore:
                 executable = await anyio.to_thread.run_sync(_is_executable, local)
             else:
                 executable = src_info.metadata.get(META_EXECUTABLE) == "1"
-            info = await self._transfer(source, src_key, self.backend, key,
-                                        {META_EXECUTABLE: "1"} if executable else {})
+            info = await transfer_object(source, src_key, self.backend, key,
+                                         metadata={META_EXECUTABLE: "1"} if executable else {})
         if shared_file_name is not None:
             return None
         return FileID(file_id_of(key), info.size, executable)
@@ -974,7 +951,7 @@ class JobStore:
             await self.backend.download_file(key, target)
             await anyio.to_thread.run_sync(_set_executable, target, executable)
             return
-        await self._transfer(self.backend, key, dest, dst_key, {META_EXECUTABLE: "1"} if executable else {})
+        await transfer_object(self.backend, key, dest, dst_key, metadata={META_EXECUTABLE: "1"} if executable else {})
 
     async def get_public_url(self, file_id: str) -> str:
         """A URL from which the file can be read without this library (presigned where the backend needs it)."""

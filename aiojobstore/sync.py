@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import builtins
 import contextlib
 import functools
 import io
@@ -22,9 +23,13 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from .backends.base import ObjectInfo
 from .errors import JobStoreError
 from .jobstore import FileID, Job, JobStore
 from .jobstore import open_store as _open_async_store
+from .objects import ObjectStore
+from .objects import copy as _async_copy
+from .objects import open_object_store as _open_async_object_store
 
 T = TypeVar("T")
 
@@ -218,11 +223,12 @@ def _read_stream(name: str, cm_factory: Callable[[], AbstractAsyncContextManager
 # ---------------------------------------------------------------------------------------------- the facade
 
 
-def _blocking(name: str) -> Callable[..., Any]:
-    async_method = getattr(JobStore, name)
+def _blocking(name: str, cls: type = JobStore) -> Callable[..., Any]:
+    """A blocking method that runs the async method ``name`` of ``cls`` on the object's ``store``."""
+    async_method = getattr(cls, name)
 
     @functools.wraps(async_method)
-    def method(self: SyncJobStore, *args: Any, **kwargs: Any) -> Any:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         store = self.store
         return run(name, functools.partial(getattr(store, name), *args, **kwargs))
 
@@ -398,4 +404,87 @@ def open_store(locator: str | os.PathLike[str], **options: Any) -> SyncJobStore:
     return SyncJobStore(locator, options)
 
 
-__all__ = ["SyncJobStore", "open_store"]
+class SyncObjectStore:
+    """An :class:`~aiojobstore.objects.ObjectStore` whose methods block: same names, arguments and errors;
+    streams are ordinary file objects, :meth:`list` returns a list."""
+
+    def __init__(self, url: str | os.PathLike[str], options: dict[str, Any]) -> None:
+        self._url = url
+        self._options = options
+        self._store: ObjectStore | None = None
+        self._pid = -1
+        self.store  # noqa: B018 - validates the URL and options now, as open_object_store does
+
+    @property
+    def store(self) -> ObjectStore:
+        """The async store behind this facade (reopened on this process's loop after a fork)."""
+        if self._store is None or self._pid != os.getpid():
+            async def make() -> ObjectStore:
+                return _open_async_object_store(self._url, **self._options)
+
+            self._store, self._pid = run("open_object_store", make), os.getpid()
+        return self._store
+
+    @property
+    def url(self) -> str:
+        return self.store.url
+
+    def __repr__(self) -> str:
+        return f"<SyncObjectStore {self._url}>"
+
+    def __enter__(self) -> SyncObjectStore:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release connections."""
+        if self._store is not None and self._pid == os.getpid():
+            run("close", self._store.close)
+
+    create = _blocking("create", ObjectStore)
+    exists = _blocking("exists", ObjectStore)
+    put = _blocking("put", ObjectStore)
+    get = _blocking("get", ObjectStore)
+    upload_file = _blocking("upload_file", ObjectStore)
+    download_file = _blocking("download_file", ObjectStore)
+    stat = _blocking("stat", ObjectStore)
+    delete = _blocking("delete", ObjectStore)
+    delete_many = _blocking("delete_many", ObjectStore)
+    copy = _blocking("copy", ObjectStore)
+    presign = _blocking("presign", ObjectStore)
+
+    def list(self, prefix: str = "", *, metadata: bool = False) -> builtins.list[ObjectInfo]:
+        """Every object whose key starts with ``prefix`` (see :meth:`ObjectStore.list`)."""
+        async def collect() -> builtins.list[ObjectInfo]:
+            return [info async for info in self.store.list(prefix, metadata=metadata)]
+
+        return run("list", collect)
+
+    @contextmanager
+    def open_reader(self, key: str, *, start: int = 0, end: int | None = None) -> Iterator[io.IOBase]:
+        """Yield a readable binary file object over bytes ``[start, end)`` of an object."""
+        with _read_stream("open_reader", lambda: self.store.open_reader(key, start=start, end=end)) as reader:
+            yield _reader_file(reader, None, None)
+
+    @contextmanager
+    def open_writer(self, key: str, *, metadata: dict[str, str] | None = None,
+                    mode: str = "overwrite") -> Iterator[io.IOBase]:
+        """Yield a writable binary file object; the object appears when the block exits cleanly."""
+        with _write_stream("open_writer", lambda: self.store.open_writer(key, metadata=metadata, mode=mode),  # type: ignore[arg-type]
+                           None, None, with_id=False) as file:
+            yield file
+
+
+def open_object_store(url: str | os.PathLike[str], **options: Any) -> SyncObjectStore:
+    """Open an object store with the blocking API (same options as :func:`aiojobstore.open_object_store`)."""
+    return SyncObjectStore(url, options)
+
+
+def copy(src_url: str | os.PathLike[str], dst_url: str | os.PathLike[str], **options: Any) -> ObjectInfo:
+    """Copy one object between two locations (see :func:`aiojobstore.copy`), blocking."""
+    return run("copy", functools.partial(_async_copy, src_url, dst_url, **options))
+
+
+__all__ = ["SyncJobStore", "SyncObjectStore", "copy", "open_object_store", "open_store"]
