@@ -27,6 +27,8 @@ from typing import TypeVar
 
 import anyio
 
+from .inline import inline_active
+
 log = logging.getLogger("aiojobstore.commit")
 
 T = TypeVar("T")
@@ -72,6 +74,8 @@ async def commit_or_roll_back(commit: Callable[[], Awaitable[T]],
     should be conditional on the object still being the one ``commit`` wrote); a failing roll-back is logged,
     and the cancellation is still raised.
     """
+    if inline_active():  # a blocking caller's thread: nothing can cancel it
+        return await commit()
     result, interrupted = await _run_to_completion(commit)
     if interrupted is None:
         return result
@@ -86,6 +90,8 @@ async def commit_or_roll_back(commit: Callable[[], Awaitable[T]],
 async def run_uncancelled(operation: Callable[[], Awaitable[T]]) -> T:
     """Run ``operation()`` to completion (clean-up that must not be torn: an abort, a delete of staged parts);
     a cancellation that reached the caller meanwhile is re-raised afterwards."""
+    if inline_active():
+        return await operation()
     result, interrupted = await _run_to_completion(operation)
     if interrupted is not None:
         raise interrupted

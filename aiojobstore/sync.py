@@ -25,6 +25,7 @@ from anyio.from_thread import BlockingPortal
 
 from .backends.base import ObjectInfo
 from .errors import JobStoreError
+from .inline import run_inline
 from .jobstore import FileID, Job, JobStore
 from .jobstore import open_store as _open_async_store
 from .objects import ObjectStore
@@ -223,14 +224,32 @@ def _read_stream(name: str, cm_factory: Callable[[], AbstractAsyncContextManager
 # ---------------------------------------------------------------------------------------------- the facade
 
 
+#: Job-store methods that are small operations: on a backend that ``runs_inline`` (memory, local disk) the facade
+#: runs them in the caller's thread (:mod:`aiojobstore.inline`) instead of handing them to the loop thread.
+_SMALL_OPERATIONS = frozenset({
+    "load_job", "update_job", "create_job", "delete_job", "job_exists", "set_root_job", "load_root_job",
+    "create_root_job", "get_empty_file_store_id", "delete_file", "file_exists", "get_file_size", "stat_file",
+    "shared_file_exists", "stat_shared_file", "delete_shared_file", "write_logs", "write_leader_pid",
+    "read_leader_pid", "write_kill_flag", "read_kill_flag", "write_config",
+})
+
+
+def _call(owner: Any, name: str, func: Callable[[], Any]) -> Any:
+    """Run ``func()`` (a coroutine function of ``owner.store``): inline for a small operation of a backend that
+    runs inline, else on the loop thread."""
+    if name in _SMALL_OPERATIONS and owner.store.backend.runs_inline:
+        _check_caller(name)
+        return run_inline(func)
+    return run(name, func)
+
+
 def _blocking(name: str, cls: type = JobStore) -> Callable[..., Any]:
     """A blocking method that runs the async method ``name`` of ``cls`` on the object's ``store``."""
     async_method = getattr(cls, name)
 
     @functools.wraps(async_method)
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        store = self.store
-        return run(name, functools.partial(getattr(store, name), *args, **kwargs))
+        return _call(self, name, functools.partial(getattr(self.store, name), *args, **kwargs))
 
     return method
 
@@ -326,11 +345,11 @@ class SyncJobStore:
             job.version = 1
             pending.append(job)
             return job
-        return run("create_job", self.store.create_job, job)
+        return _call(self, "create_job", functools.partial(self.store.create_job, job))
 
     def create_root_job(self, job: Job) -> Job:
         """Create ``job`` and make it the root job."""
-        return run("create_root_job", self.store.create_root_job, job)
+        return _call(self, "create_root_job", functools.partial(self.store.create_root_job, job))
 
     @contextmanager
     def batch(self) -> Iterator[None]:

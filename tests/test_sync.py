@@ -110,3 +110,40 @@ def test_interpreter_exits_with_open_store_and_stream(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "done"
+
+
+def test_small_operations_on_memory_run_in_the_callers_thread():
+    """With the loop thread blocked, small facade calls on a backend that runs inline still complete: they never
+    went through the loop. (Were they handed over, the watchdog would have to unblock the loop.)"""
+    import threading
+
+    from aiojobstore.sync import _LOOP
+
+    with open_store("memory:inline-test") as store:
+        store.initialize()
+        job = store.create_job(Job(name="j", data=1))
+        loop_blocked, release = threading.Event(), threading.Event()
+        watchdog_fired: list[bool] = []
+
+        async def block_loop() -> None:
+            loop_blocked.set()
+            release.wait()  # blocks the loop thread itself
+
+        def watchdog() -> None:
+            if not release.wait(20):
+                watchdog_fired.append(True)
+                release.set()
+
+        threading.Thread(target=watchdog, daemon=True).start()
+        _LOOP.portal().start_task_soon(block_loop)
+        assert loop_blocked.wait(10)
+        try:
+            loaded = store.load_job(job.id)
+            loaded.data = 2
+            store.update_job(loaded)
+            assert store.load_job(job.id).data == 2 and store.job_exists(job.id)
+            store.write_logs("inline")
+        finally:
+            release.set()
+        assert not watchdog_fired
+        assert store.read_logs(lambda data: None) == 1  # through the loop again, once it is free

@@ -140,6 +140,11 @@ class Backend(ABC):
     require_checksum: bool = False
     #: Whether ``encrypted=True`` encrypts the stored bytes (with the ``sse_key``).
     encrypts_at_rest: bool = True
+    #: Whether small operations (``get_object``, ``put_bytes``, ``update_object``, ``stat``, ``delete``,
+    #: ``delete_prefix``, ``list``) complete without waiting on an event loop when run inline
+    #: (:mod:`aiojobstore.inline`): their blocking work goes through ``inline.to_thread``. The blocking facade
+    #: then runs them in the caller's thread.
+    runs_inline: bool = False
 
     def __init__(self, *, transfer: TransferConfig | None = None, sse_key: bytes | str | None = None) -> None:
         self.transfer = transfer or TransferConfig()

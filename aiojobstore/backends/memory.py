@@ -59,6 +59,7 @@ class MemoryBackend(Backend):
 
     scheme = "memory"
     encrypts_at_rest = False
+    runs_inline = True
 
     def __init__(self, name: str = "default", **options: Any) -> None:
         super().__init__(**options)
