@@ -9,7 +9,9 @@ import anyio
 import pytest
 
 from aiojobstore import ConcurrentModificationError, InvalidKeyError, NoSuchFileError
+from aiojobstore.backends.base import META_CRC32C, user_metadata
 from aiojobstore.backends.local import LocalBackend
+from aiojobstore.transfer import crc32c, crc32c_to_b64
 
 
 @pytest.fixture
@@ -40,7 +42,8 @@ async def test_unusual_but_safe_keys_are_stored_inside_the_root(backend, key):
 async def test_metadata_and_data_are_committed_together(backend):
     info = await backend.put_bytes("a/b/c", b"data", metadata={"executable": "1", "note": "ü"})
     stat = await backend.stat("a/b/c")
-    assert stat.metadata == {"executable": "1", "note": "ü"} and stat.etag == info.etag and stat.size == 4
+    assert user_metadata(stat.metadata) == {"executable": "1", "note": "ü"} and stat.etag == info.etag
+    assert stat.size == 4 and stat.metadata[META_CRC32C] == crc32c_to_b64(crc32c(b"data"))
     listed = [i async for i in backend.list("a/")]
     assert [i.key for i in listed] == ["a/b/c"] and listed[0].metadata["note"] == "ü"
 
