@@ -363,7 +363,13 @@ class _Copy:
 
     source: _Source
     staged: _Staged
-    expected: int | None
+    expected: int | None  # the CRC32C recorded with the source
+    label: str  # the source, for messages
+
+    def copy_range(self, offset: int, length: int) -> int:
+        """Copy one part; the CRC32C of what landed."""
+        with _os_errors(self.staged.key, self.staged.where):
+            return _copy_range(self.source.fd, self.staged.fd, offset, length)
 
     def release(self) -> None:
         try:
@@ -1039,8 +1045,7 @@ class LocalBackend(Backend):
             reporter = Progress(progress, size)
 
             async def copy_part(part: Part) -> tuple[int, int]:
-                crc = await run_uncancelled(lambda: _in_thread(_copy_range, job.source.fd, job.staged.fd,
-                                                               part.offset, part.length))
+                crc = await run_uncancelled(lambda: _in_thread(job.copy_range, part.offset, part.length))
                 await reporter.advance(part.length)
                 return crc, part.length
 
@@ -1055,11 +1060,10 @@ class LocalBackend(Backend):
 
     def _finish_copy(self, job: _Copy, crc: int, metadata: dict[str, str] | None) -> _Committed:
         try:
-            key = job.staged.key or job.staged.where
             with _os_errors(job.staged.key, job.staged.where):
                 if os.fstat(job.staged.fd).st_size != job.source.st.st_size:
-                    raise IntegrityError(f"the copy of {key!r} came out at the wrong size")
-            self._verify(key, job.expected, crc)
+                    raise IntegrityError(f"the copy of {job.label!r} came out at the wrong size")
+            self._verify(job.label, job.expected, crc)
         except BaseException:
             job.release()
             raise
@@ -1081,7 +1085,7 @@ class LocalBackend(Backend):
         except BaseException:
             os.close(fd)
             raise
-        return self._with_destination(_Source(fd, st, {}), None, lambda: self._stage(key, segments))
+        return self._with_destination(_Source(fd, st, {}), None, path, lambda: self._stage(key, segments))
 
     def _prepare_object_copy(self, key: str, segments: Sequence[str], stage: Callable[[], _Staged]) -> _Copy:
         source = self._open_object(key, segments)
@@ -1090,12 +1094,12 @@ class LocalBackend(Backend):
         except BaseException:
             source.release()
             raise
-        return self._with_destination(source, expected, stage)
+        return self._with_destination(source, expected, key, stage)
 
     @staticmethod
-    def _with_destination(source: _Source, expected: int | None, stage: Callable[[], _Staged]) -> _Copy:
+    def _with_destination(source: _Source, expected: int | None, label: str, stage: Callable[[], _Staged]) -> _Copy:
         try:
-            return _Copy(source, stage(), expected)
+            return _Copy(source, stage(), expected, label)
         except BaseException:
             source.release()
             raise
