@@ -121,3 +121,33 @@ async def test_store_files_are_spread_over_subdirectories(tmp_path):
     shard_root = tmp_path / "s" / "files" / "n"
     assert len(os.listdir(shard_root)) > 100
     assert max(len(os.listdir(shard_root / d)) for d in os.listdir(shard_root)) < 20
+
+
+async def test_a_store_destroyed_and_made_again_by_another_backend_is_followed(tmp_path):
+    first, second = LocalBackend(tmp_path / "r"), LocalBackend(tmp_path / "r")
+    await first.put_bytes("a/b", b"old")
+    await second.destroy()
+    assert await first.stat("a/b") is None
+    await second.create()
+    await first.put_bytes("a/c", b"new")
+    assert await second.get_bytes("a/c") == b"new"
+    await first.close()
+    await second.close()
+
+
+async def test_a_forked_child_can_use_the_backend_of_its_parent(backend):
+    await backend.put_bytes("parent", b"p")
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh event loop; the root descriptor inherited is replaced at fork
+        code = 1
+        try:
+            async def child() -> None:
+                await backend.put_bytes("child", await backend.get_bytes("parent") + b"c")
+
+            anyio.run(child)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = await anyio.to_thread.run_sync(os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert await backend.get_bytes("child") == b"pc"

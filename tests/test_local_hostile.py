@@ -408,6 +408,10 @@ async def _operate(operation: str, backend: LocalBackend, key: str, new: bytes, 
         await backend.upload_file(src, key)
     elif operation == "download_file":
         await backend.download_file("obj", out)
+    elif operation == "open_reader":
+        async with backend.open_reader("obj") as reader:
+            while await reader.read(1000):
+                pass
     else:
         await backend.update_object("counter", lambda data: str(int(data) + 1).encode())
 
@@ -416,7 +420,8 @@ CANCELLERS = ["task.cancel", "asyncio.timeout", "anyio.move_on_after"]
 ROUNDS = 16
 
 
-@pytest.mark.parametrize("operation", ["open_writer", "put_bytes", "upload_file", "download_file", "update_object"])
+@pytest.mark.parametrize("operation", ["open_writer", "put_bytes", "upload_file", "download_file", "update_object",
+                                       "open_reader"])
 async def test_cancelled_right_after_start_leaves_all_or_nothing_and_no_descriptor(tmp_path, operation):
     root = tmp_path / "root"
     backends = [LocalBackend(root), LocalBackend(root, fsync=False)]  # to_thread and the small-op runner
@@ -448,6 +453,8 @@ async def test_cancelled_right_after_start_leaves_all_or_nothing_and_no_descript
             if operation == "download_file":
                 expected = await backend.get_bytes("obj") if returned else b"before"
                 assert (dest / "out").read_bytes() == expected, (how, returned)
+            elif operation == "open_reader":
+                pass  # nothing to change: only the descriptors and temp files above
             elif operation == "update_object":
                 assert int(await backend.get_bytes("counter")) == counter + returned, (how, returned)
             elif returned:
