@@ -9,7 +9,9 @@ import anyio
 import pytest
 
 from aiojobstore import ConcurrentModificationError, InvalidKeyError, NoSuchFileError
+from aiojobstore.backends.base import META_CRC32C, user_metadata
 from aiojobstore.backends.local import LocalBackend
+from aiojobstore.transfer import crc32c, crc32c_to_b64
 
 
 @pytest.fixture
@@ -40,7 +42,8 @@ async def test_unusual_but_safe_keys_are_stored_inside_the_root(backend, key):
 async def test_metadata_and_data_are_committed_together(backend):
     info = await backend.put_bytes("a/b/c", b"data", metadata={"executable": "1", "note": "ü"})
     stat = await backend.stat("a/b/c")
-    assert stat.metadata == {"executable": "1", "note": "ü"} and stat.etag == info.etag and stat.size == 4
+    assert user_metadata(stat.metadata) == {"executable": "1", "note": "ü"} and stat.etag == info.etag
+    assert stat.size == 4 and stat.metadata[META_CRC32C] == crc32c_to_b64(crc32c(b"data"))
     listed = [i async for i in backend.list("a/")]
     assert [i.key for i in listed] == ["a/b/c"] and listed[0].metadata["note"] == "ü"
 
@@ -118,3 +121,33 @@ async def test_store_files_are_spread_over_subdirectories(tmp_path):
     shard_root = tmp_path / "s" / "files" / "n"
     assert len(os.listdir(shard_root)) > 100
     assert max(len(os.listdir(shard_root / d)) for d in os.listdir(shard_root)) < 20
+
+
+async def test_a_store_destroyed_and_made_again_by_another_backend_is_followed(tmp_path):
+    first, second = LocalBackend(tmp_path / "r"), LocalBackend(tmp_path / "r")
+    await first.put_bytes("a/b", b"old")
+    await second.destroy()
+    assert await first.stat("a/b") is None
+    await second.create()
+    await first.put_bytes("a/c", b"new")
+    assert await second.get_bytes("a/c") == b"new"
+    await first.close()
+    await second.close()
+
+
+async def test_a_forked_child_can_use_the_backend_of_its_parent(backend):
+    await backend.put_bytes("parent", b"p")
+    pid = os.fork()
+    if pid == 0:  # the child: a fresh event loop; the root descriptor inherited is replaced at fork
+        code = 1
+        try:
+            async def child() -> None:
+                await backend.put_bytes("child", await backend.get_bytes("parent") + b"c")
+
+            anyio.run(child)
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = await anyio.to_thread.run_sync(os.waitpid, pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert await backend.get_bytes("child") == b"pc"
