@@ -52,17 +52,23 @@ async def _run_to_completion(make: Callable[[], Awaitable[T]]) -> tuple[T, BaseE
     with anyio.CancelScope(shield=True):
         while True:
             try:
-                result = await asyncio.shield(task)
+                await asyncio.shield(task)
                 break
             except asyncio.CancelledError as error:
                 if task.done() and task.cancelled():  # the commit task itself was cancelled (loop shutting down)
                     raise
-                if task.done():
-                    result = task.result()
-                    interrupted = error
-                    break
                 interrupted = error
-    return result, interrupted
+                if task.done():
+                    break
+            except BaseException as failure:
+                if interrupted is not None:  # it failed, so nothing took effect: the caller's cancellation wins
+                    raise interrupted from failure
+                raise
+    if task.done() and not task.cancelled() and task.exception() is not None:
+        if interrupted is not None:
+            raise interrupted from task.exception()
+        raise task.exception()  # type: ignore[misc]
+    return task.result(), interrupted
 
 
 async def commit_or_roll_back(commit: Callable[[], Awaitable[T]],

@@ -70,7 +70,7 @@ from .layout import (
     shard,
     shared_key,
 )
-from .locator import Locator, open_backend, parse_locator
+from .locator import open_backend, parse_locator
 from .objects import transfer_object
 from .streams import AsyncReader, AsyncWriter, TextReader, TextWriter
 from .transfer import ProgressCallback, TransferConfig
@@ -829,19 +829,22 @@ class JobStore:
 
     # ------------------------------------------------------------------------------------ import / export
 
-    def _url_backend(self, url: str) -> tuple[Backend, str]:
-        """The backend and key for an import/export URL (file://, s3://, gs://)."""
+    @staticmethod
+    def _local_url_path(url: str) -> str | None:
+        """The local path of a ``file://`` URL (or a bare absolute path), else ``None``."""
         parsed = urlparse(url)
         scheme = parsed.scheme.lower()
-        if scheme == "file" or (scheme == "" and url.startswith("/")):
-            path = os.path.abspath(unquote(parsed.path))
-            if not os.path.basename(path):
-                raise InvalidLocatorError(f"{url!r} names a directory; import/export takes a file URL")
-            directory, name = os.path.split(path)
-            cache_key = ("file", directory)
-            if cache_key not in self._url_backends:
-                self._url_backends[cache_key] = open_backend(Locator("file", "file:" + directory, path=directory))
-            return self._url_backends[cache_key], name
+        if scheme != "file" and not (scheme == "" and url.startswith("/")):
+            return None
+        path = os.path.abspath(unquote(parsed.path))
+        if not os.path.basename(path) or parsed.path.endswith("/"):
+            raise InvalidLocatorError(f"{url!r} names a directory; import/export takes a file URL")
+        return path
+
+    def _url_backend(self, url: str) -> tuple[Backend, str]:
+        """The backend and key for an ``s3://`` or ``gs://`` import/export URL."""
+        parsed = urlparse(url)
+        scheme = parsed.scheme.lower()
         if scheme in ("s3", "gs"):
             key = unquote(parsed.path.lstrip("/"))
             if not key:
@@ -869,19 +872,22 @@ class JobStore:
             key = await self._new_file_key(None, False, check_basename(
                 unquote(urlparse(src_url).path).rsplit("/", 1)[-1] or "imported"))
         scheme = urlparse(src_url).scheme.lower()
+        local = self._local_url_path(src_url)
         if scheme in ("http", "https"):
             info = await self._import_http(src_url, key)
             executable = False
+        elif local is not None:  # the user's own path: links in it are followed, as users expect
+            try:
+                executable = await anyio.to_thread.run_sync(_is_executable, local)
+            except (FileNotFoundError, NotADirectoryError):
+                raise NoSuchFileError(src_url, "nothing to import at that URL") from None
+            info = await self.backend.upload_file(local, key, metadata={META_EXECUTABLE: "1"} if executable else {})
         else:
             source, src_key = self._url_backend(src_url)
             src_info = await source.stat(src_key)
             if src_info is None:
                 raise NoSuchFileError(src_url, "nothing to import at that URL")
-            local = source.local_path(src_key)
-            if local is not None:
-                executable = await anyio.to_thread.run_sync(_is_executable, local)
-            else:
-                executable = src_info.metadata.get(META_EXECUTABLE) == "1"
+            executable = src_info.metadata.get(META_EXECUTABLE) == "1"
             info = await transfer_object(source, src_key, self.backend, key,
                                          metadata={META_EXECUTABLE: "1"} if executable else {})
         if shared_file_name is not None:
@@ -943,14 +949,14 @@ class JobStore:
         server-side, others stream. The executable bit is kept."""
         self._require_ready()
         key, info = await self._existing_file(file_id)
-        dest, dst_key = self._url_backend(dst_url)
         executable = info.metadata.get(META_EXECUTABLE) == "1"
-        target = dest.local_path(dst_key)
-        if target is not None:
+        target = self._local_url_path(dst_url)
+        if target is not None:  # the user's own path, created as needed
             await anyio.to_thread.run_sync(functools.partial(os.makedirs, os.path.dirname(target), exist_ok=True))
             await self.backend.download_file(key, target)
             await anyio.to_thread.run_sync(_set_executable, target, executable)
             return
+        dest, dst_key = self._url_backend(dst_url)
         await transfer_object(self.backend, key, dest, dst_key, metadata={META_EXECUTABLE: "1"} if executable else {})
 
     async def get_public_url(self, file_id: str) -> str:

@@ -151,3 +151,18 @@ async def test_clean_reclaims_claims_of_vanished_logs_only_when_old(store):
     report = await store.clean(older_than=0)
     assert report.debris.kinds["log-claim"] == 1
     assert [i.key async for i in store.backend.list("logs/claims/")] == []
+
+
+async def test_import_and_export_follow_links_in_the_users_own_paths(store, tmp_path):
+    real = tmp_path / "real.txt"
+    real.write_bytes(b"linked input")
+    link = tmp_path / "link.txt"
+    link.symlink_to(real)
+    file_id = await store.import_file(link.as_uri())
+    async with store.read_file_stream(file_id) as reader:
+        assert await reader.read() == b"linked input"
+    out_dir = tmp_path / "outputs"
+    out_dir.mkdir()
+    (tmp_path / "via").symlink_to(out_dir)
+    await store.export_file(file_id, (tmp_path / "via" / "out.txt").as_uri())
+    assert (out_dir / "out.txt").read_bytes() == b"linked input"

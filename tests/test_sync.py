@@ -147,3 +147,21 @@ def test_small_operations_on_memory_run_in_the_callers_thread():
             release.set()
         assert not watchdog_fired
         assert store.read_logs(lambda data: None) == 1  # through the loop again, once it is free
+
+
+def test_small_operations_on_file_run_inline_with_the_same_results(tmp_path):
+    """file: runs small operations inline too; the results and errors are those of the async API."""
+    from aiojobstore import NoSuchJobError
+
+    with open_store(f"file:{tmp_path}/store") as store:
+        store.initialize()
+        job = store.create_job(Job(name="j", data={"n": 1}))
+        stale = store.load_job(job.id)
+        job.data["n"] = 2
+        store.update_job(job)
+        with pytest.raises(ConcurrentModificationError):
+            store.update_job(stale)
+        store.delete_job(job.id)
+        with pytest.raises(NoSuchJobError):
+            store.load_job(job.id)
+        assert not store.job_exists(job.id)

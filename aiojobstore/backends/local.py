@@ -73,6 +73,7 @@ from ..errors import (
     NoSuchFileError,
     StorageFullError,
 )
+from ..inline import inline_active, to_thread
 from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
@@ -410,6 +411,8 @@ class _SmallOpRunner:
             self._ready.notify()
 
     async def run(self, func: Callable[..., T], *args: Any) -> T:
+        if inline_active():
+            return func(*args)
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._put((loop, future, func, args))
@@ -474,7 +477,7 @@ os.register_at_fork(after_in_child=_forget_root_fds)
 
 
 async def _in_thread(func: Callable[..., T], *args: Any) -> T:
-    return await anyio.to_thread.run_sync(func, *args)
+    return await to_thread(func, *args)
 
 
 class LocalBackend(Backend):
@@ -482,6 +485,7 @@ class LocalBackend(Backend):
 
     scheme = "file"
     encrypts_at_rest = False
+    runs_inline = True
 
     def __init__(self, root: str | PathLike[str], *, fsync: bool = True, **options: Any) -> None:
         super().__init__(**options)
@@ -1246,7 +1250,7 @@ class LocalBackend(Backend):
                     os.close(file_fd)
 
     async def list(self, prefix: str = "", *, metadata: bool = True) -> AsyncIterator[ObjectInfo]:
-        for info in await anyio.to_thread.run_sync(lambda: self._scan(prefix, with_metadata=metadata)):
+        for info in await _in_thread(lambda: self._scan(prefix, with_metadata=metadata)):
             yield info
 
     async def presign(self, key: str, expires: int = 3600) -> str:
