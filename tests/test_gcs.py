@@ -22,7 +22,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from aiojobstore.backends.base import META_CRC32C
+from aiojobstore.backends.base import META_CRC32C, user_metadata
 from aiojobstore.backends.gcs import GCSBackend
 from aiojobstore.backends.memory import MemoryBackend
 from aiojobstore.errors import (
@@ -430,11 +430,13 @@ async def test_missing_objects_raise_no_such_file(gcs: GCSBackend, tmp_path: Pat
 async def test_copy_is_server_side_and_merges_metadata(gcs: GCSBackend) -> None:
     await gcs.put_bytes("src", b"payload", metadata={"a": "1", "b": "2"})
     copied = await gcs.copy("src", "dst", metadata={"b": "3"})
-    assert copied.metadata == {"a": "1", "b": "3"}
+    assert user_metadata(copied.metadata) == {"a": "1", "b": "3"}
     assert await gcs.get_bytes("dst") == b"payload"
-    assert (await gcs.stat("dst")).metadata == {"a": "1", "b": "3"}
+    stored = (await gcs.stat("dst")).metadata
+    assert user_metadata(stored) == {"a": "1", "b": "3"}
+    assert stored[META_CRC32C] == (await gcs.stat("src")).metadata[META_CRC32C]  # the copy carries the checksum
     plain = await gcs.copy("src", "dst2")
-    assert plain.metadata == {"a": "1", "b": "2"}
+    assert user_metadata(plain.metadata) == {"a": "1", "b": "2"}
 
 
 async def test_copy_from_another_gcs_store_is_server_side(gcs: GCSBackend, gcs_emulator: str) -> None:
@@ -444,7 +446,7 @@ async def test_copy_from_another_gcs_store_is_server_side(gcs: GCSBackend, gcs_e
     try:
         await source.put_bytes("in", b"across buckets", metadata={"m": "v"})
         info = await gcs.copy_from(source, "in", "out")
-        assert info is not None and info.metadata == {"m": "v"}
+        assert info is not None and user_metadata(info.metadata) == {"m": "v"} and META_CRC32C in info.metadata
         assert await gcs.get_bytes("out") == b"across buckets"
         assert await gcs.copy_from(MemoryBackend("gcs-copy-from-test"), "in", "out2") is None
     finally:
