@@ -12,8 +12,8 @@ How data moves
   sliding window (:class:`~aiojobstore.transfer.PartWindow`) and joined with ``compose`` (at most 32 sources per
   call; a tree of intermediate composes beyond that). The final compose carries the user metadata and our
   whole-object CRC32C (``ajs-crc32c``, combined arithmetically from the parts' CRCs), and the CRC32C GCS computes
-  for the composite is checked against it. Part objects and intermediates are deleted in a shielded scope
-  whatever happens (success, error, cancellation).
+  for the composite is checked against it. Part objects and intermediates are deleted whatever happens: by the
+  commit itself after a successful compose, else to the end despite any cancellation (``run_uncancelled``).
 
   Parts are plain media uploads (no metadata, so no multipart framing) whose CRC32C as stored by GCS is checked
   against ours.
@@ -31,14 +31,40 @@ How data moves
   threads) into a temporary file next to the target, checks the CRC32C and renames it into place.
   ``open_reader`` reads ahead a few ranges at a time and resumes a broken range from the byte it reached.
 
-Integrity: every whole-object read is checked against the CRC32C GCS reports and, for composed objects, against
-``ajs-crc32c``; a mismatch is retried once, then raises :class:`IntegrityError`.
+Integrity: every object this backend makes visible records its CRC32C in ``ajs-crc32c`` (simple and streamed
+uploads, composed objects, copies; a copy of a foreign object gets the CRC32C GCS reports for it). Every
+whole-object read is checked against the CRC32C GCS reports and against ``ajs-crc32c``; a mismatch is retried once,
+then raises :class:`IntegrityError`. With ``require_checksum`` (set by the job store) every read of an object
+without ``ajs-crc32c`` raises :class:`IntegrityError`: it was not written through aiojobstore.
 
 Concurrency control: ``if_absent`` sends ``ifGenerationMatch=0`` and ``if_match`` sends
-``ifGenerationMatch=<generation>`` (``ObjectInfo.etag`` is the generation). The gcp-storage-emulator ignores
-preconditions, so against an emulator conditional writes are additionally serialised per key within the process
-(an asyncio lock) and the generation is re-checked right before the write: correct for one process on the
-emulator, and the real precondition is always sent too.
+``ifGenerationMatch=<generation>`` (``ObjectInfo.etag`` is the generation). Every conditional write also stores a
+per-call token (``ajs-write-token``); when a retry of it gets 412 — the first attempt was applied and its answer
+lost — :meth:`GCSBackend._request` reads the object again and, if it carries the call's token, reports the call's
+own write instead of a conflict (one place, the retry wrapper, for uploads, composes and the marker). The
+gcp-storage-emulator ignores preconditions, so against an emulator each attempt of a conditional request checks
+the generation itself and answers 412 (and conditional writes are serialised per key within the process by an
+asyncio lock): correct for one process on the emulator, and the real precondition is always sent too.
+
+Cancellation and failure (see :mod:`aiojobstore.commit`): uploading parts, intermediate composes and backups are
+staging; a failure or a cancellation there deletes what was staged (``run_uncancelled``). The one request that
+makes an object visible — the simple upload, the final compose, the rewrite of a copy — is the commit and runs
+under ``commit_or_roll_back``: after ``task.cancel()`` (or ``asyncio.timeout``) it completes and is rolled back,
+conditionally on ``ifGenerationMatch`` of the generation it created, so a later writer's object is never
+touched: a created key is deleted; ``update_object`` re-uploads the previous bytes it read; any other overwrite
+restores a **backup**: before overwriting an existing key, the backend copies it server-side (a rewrite) to
+``<root>.ajs-tmp/<id>/backup``. Cost: every write that is not create-only first reads the key's metadata (one
+GET); overwriting an existing key also costs the rewrite and a delete of the backup, which runs in the background
+once the write returned (``close()`` waits for it), so that a write that returned has nothing left to await and an
+anyio cancel scope sees it return normally. The composed commit deletes the temporary parts itself, for the same
+reason. Caveats: the restored version is a new generation with the old bytes and metadata; a writer that slipped
+in between the backup and an unconditional overwrite is overwritten by the restore; an object encrypted with a
+key this store lacks cannot be backed up (a roll-back then keeps the new object, and logs it). A part upload that
+is still in the network when its writer cleans up can be applied afterwards: such debris (and what killed writers
+leave) is what :meth:`GCSBackend.reclaim` deletes once it is older than its grace period.
+
+Memory: write streams hold at most ``max_concurrency + 1`` parts of the store's ``max_memory``; read streams hold
+each range they read ahead of the same budget until the reader has moved past it.
 
 Encryption: ``encrypted=True`` writes send a customer-supplied key (``x-goog-encryption-*``); reads send it when
 the object needs it. The emulator ignores these headers (it stores plaintext), so the backend also records the
