@@ -2,7 +2,9 @@
 
 The contract suite (tests/test_contract.py) covers the behaviour every backend shares; these tests cover what
 only GCS has: composed uploads, temporary parts, CRC32C checks against what GCS reports, generation preconditions
-(with the emulator fallback), CSEK, server-side copies.
+(with the emulator fallback), CSEK, server-side copies, and — through tests/fault_proxy.py's FaultProxy — retries
+after lost answers and cancellation at each await of each commit path. The emulator ignores preconditions, so
+atomicity itself is only tested against real GCS (a test that skips without credentials).
 """
 
 from __future__ import annotations
