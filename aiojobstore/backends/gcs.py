@@ -713,7 +713,8 @@ class GCSBackend(Backend):
                 await run_uncancelled(lambda: self._delete_quietly([backup_name]))
             raise
         if undo.backup is not None:
-            self._in_background(lambda: self._delete_quietly([undo.backup]))  # type: ignore[list-item]
+            backup = undo.backup
+            self._in_background(lambda: self._delete_quietly([backup]))
         return resource
 
     async def _back_up(self, key: str, name: str, backup_name: str, *, generation: str | None) -> _Undo:
