@@ -2,19 +2,27 @@
 
 The contract suite (tests/test_contract.py) covers the behaviour every backend shares; these tests cover what
 only GCS has: composed uploads, temporary parts, CRC32C checks against what GCS reports, generation preconditions
-(with the emulator fallback), CSEK, server-side copies.
+(with the emulator fallback), CSEK, server-side copies, and — through tests/fault_proxy.py's FaultProxy — retries
+after lost answers and cancellation at each await of each commit path. The emulator ignores preconditions, so
+atomicity itself is only tested against real GCS (a test that skips without credentials).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
+import re
+import socket
+import time
 import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +30,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from aiojobstore.backends.base import META_CRC32C
+from aiojobstore.backends.base import META_CRC32C, user_metadata
 from aiojobstore.backends.gcs import GCSBackend
 from aiojobstore.backends.memory import MemoryBackend
 from aiojobstore.errors import (
@@ -34,7 +42,8 @@ from aiojobstore.errors import (
     TransferError,
 )
 from aiojobstore.locator import open_backend
-from aiojobstore.transfer import MiB, TransferConfig
+from aiojobstore.transfer import MiB, TransferConfig, crc32c, crc32c_from_b64
+from tests.fault_proxy import FaultProxy, FaultRule
 from tests.gcs_servers import create_bucket, http
 from tests.support import StoreTarget, free_port
 
@@ -430,11 +439,13 @@ async def test_missing_objects_raise_no_such_file(gcs: GCSBackend, tmp_path: Pat
 async def test_copy_is_server_side_and_merges_metadata(gcs: GCSBackend) -> None:
     await gcs.put_bytes("src", b"payload", metadata={"a": "1", "b": "2"})
     copied = await gcs.copy("src", "dst", metadata={"b": "3"})
-    assert copied.metadata == {"a": "1", "b": "3"}
+    assert user_metadata(copied.metadata) == {"a": "1", "b": "3"}
     assert await gcs.get_bytes("dst") == b"payload"
-    assert (await gcs.stat("dst")).metadata == {"a": "1", "b": "3"}
+    stored = (await gcs.stat("dst")).metadata
+    assert user_metadata(stored) == {"a": "1", "b": "3"}
+    assert stored[META_CRC32C] == (await gcs.stat("src")).metadata[META_CRC32C]  # the copy carries the checksum
     plain = await gcs.copy("src", "dst2")
-    assert plain.metadata == {"a": "1", "b": "2"}
+    assert user_metadata(plain.metadata) == {"a": "1", "b": "2"}
 
 
 async def test_copy_from_another_gcs_store_is_server_side(gcs: GCSBackend, gcs_emulator: str) -> None:
@@ -444,7 +455,7 @@ async def test_copy_from_another_gcs_store_is_server_side(gcs: GCSBackend, gcs_e
     try:
         await source.put_bytes("in", b"across buckets", metadata={"m": "v"})
         info = await gcs.copy_from(source, "in", "out")
-        assert info is not None and info.metadata == {"m": "v"}
+        assert info is not None and user_metadata(info.metadata) == {"m": "v"} and META_CRC32C in info.metadata
         assert await gcs.get_bytes("out") == b"across buckets"
         assert await gcs.copy_from(MemoryBackend("gcs-copy-from-test"), "in", "out2") is None
     finally:
@@ -576,3 +587,394 @@ async def test_import_export_round_trips_file_gs_s3_gs_file(gcs_target: StoreTar
         await store.close()
         await s3_store.destroy()
         await s3_store.close()
+
+
+# ------------------------------------------------------------------ lost answers, cancelled commits (FaultProxy)
+#
+# The emulator ignores preconditions, so whether GCS's ifGenerationMatch makes a write atomic cannot be tested here
+# (test_real_gcs_generation_preconditions does, and skips without credentials). What can be tested on the emulator
+# is idempotency and clean-up: a FaultProxy between the backend and the emulator loses the answer of a request the
+# emulator applied, or holds a request before or after the emulator applied it while the caller is cancelled.
+# (On the emulator the backend checks preconditions itself before each attempt, so a retry after a lost answer
+# meets a 412 there exactly as it would on GCS.)
+
+TMP = ".ajs-tmp/"
+
+
+def tmp_objects(emulator: str, backend: GCSBackend) -> list[str]:
+    """The names under the store's ``.ajs-tmp/``, straight from the emulator (not through any proxy)."""
+    query = urllib.parse.urlencode({"prefix": backend.root + TMP})
+    listing = json.loads(http("GET", f"{emulator}/storage/v1/b/{backend.bucket}/o?{query}"))
+    return sorted(item["name"] for item in listing.get("items") or [])
+
+
+@contextlib.asynccontextmanager
+async def behind_proxy(target: StoreTarget, emulator: str, **options: object
+                       ) -> AsyncIterator[tuple[FaultProxy, GCSBackend]]:
+    """A created store whose requests go through a FaultProxy (no random faults: rules only) to the emulator."""
+    with FaultProxy(emulator, rate=0.0) as proxy:
+        backend = make_backend(StoreTarget(target.locator, {"emulator_host": proxy.endpoint_url}), **options)
+        try:
+            await backend.create()
+            yield proxy, backend
+        finally:
+            await backend.close()
+            # Wake the proxy's accept() now: FaultProxy.__exit__ only closes the listening socket, which does not
+            # interrupt an accept() blocked in another thread, so its join() would wait out its 5 s timeout.
+            with contextlib.suppress(OSError):
+                proxy.sock.shutdown(socket.SHUT_RDWR)
+
+
+def arm(proxy: FaultProxy, *rules: FaultRule) -> None:
+    """Start injecting ``rules``; the requests counted by :func:`seen` start here too."""
+    with proxy.lock:
+        proxy.targets.clear()
+        proxy.rules.extend(rules)
+
+
+def seen(proxy: FaultProxy, method: str, pattern: str) -> int:
+    """How many requests of ``method`` whose target matches ``pattern`` reached the proxy since :func:`arm`."""
+    return sum(1 for m, t in proxy.targets if m == method and re.search(pattern, t))
+
+
+SIMPLE_CREATE = r"uploadType=multipart&ifGenerationMatch=0$"
+SIMPLE_IF_MATCH = r"uploadType=multipart&ifGenerationMatch=[1-9]"
+SIMPLE_PLAIN = r"uploadType=multipart$"
+PART_UPLOAD = r"uploadType=media&name="
+BACKUP_REWRITE = r"/rewriteTo/b/[^/]+/o/store%2F\.ajs-tmp%2F"
+
+
+def compose_of(key: str) -> str:
+    return rf"/o/store%2F{re.escape(key)}/compose"
+
+
+def rewrite_onto(key: str) -> str:
+    return rf"/rewriteTo/b/[^/]+/o/store%2F{re.escape(key)}\?"
+
+
+async def test_lost_answer_of_a_create_only_upload_is_the_calls_own_write(gcs_target: StoreTarget,
+                                                                           gcs_emulator: str) -> None:
+    async with behind_proxy(gcs_target, gcs_emulator) as (proxy, backend):
+        rule = FaultRule("lost-answer", method="POST", target=SIMPLE_CREATE)
+        arm(proxy, rule)
+        info = await backend.put_bytes("once", b"mine", if_absent=True)  # no ConcurrentModificationError
+        assert rule.hits == 1
+        assert seen(proxy, "POST", SIMPLE_CREATE) == 1  # applied once: the retry found the object was its own
+        assert await backend.get_bytes("once") == b"mine"
+        assert (await backend.stat("once")).etag == info.etag
+        with pytest.raises(ConcurrentModificationError):  # a second call is another writer
+            await backend.put_bytes("once", b"other", if_absent=True)
+
+
+async def test_lost_answer_of_a_compare_and_swap_applies_it_once(gcs_target: StoreTarget, gcs_emulator: str) -> None:
+    async with behind_proxy(gcs_target, gcs_emulator) as (proxy, backend):
+        await backend.put_bytes("counter", b"0", metadata={"kind": "counter"}, encrypted=False)
+        rule = FaultRule("lost-answer", method="POST", target=SIMPLE_IF_MATCH)
+        arm(proxy, rule)
+        info = await backend.update_object("counter", lambda raw: str(int(raw) + 1).encode())
+        assert rule.hits == 1
+        assert seen(proxy, "POST", SIMPLE_IF_MATCH) == 1
+        assert await backend.get_bytes("counter") == b"1"  # not 2, and no conflict with itself
+        stat = await backend.stat("counter")
+        assert stat.etag == info.etag and user_metadata(stat.metadata) == {"kind": "counter"}
+
+
+@pytest.mark.parametrize("if_absent", [True, False])
+async def test_lost_answers_of_a_composed_write_leave_one_object_and_no_parts(gcs_target: StoreTarget,
+                                                                              gcs_emulator: str,
+                                                                              if_absent: bool) -> None:
+    data = os.urandom(3 * PART + 7)
+    async with behind_proxy(gcs_target, gcs_emulator) as (proxy, backend):
+        rules = [FaultRule("lost-answer", method="POST", target=PART_UPLOAD),
+                 FaultRule("lost-answer", method="POST", target=compose_of("big")),
+                 FaultRule("lost-answer", method="DELETE", target=r"store%2F\.ajs-tmp%2F")]
+        arm(proxy, *rules)
+        async with backend.open_writer("big", if_absent=if_absent) as writer:
+            await writer.write(data)
+        assert [rule.hits for rule in rules] == [1, 1, 1]
+        assert seen(proxy, "POST", PART_UPLOAD) == 4 + 1  # four parts, one of them sent again
+        # Create-only: the compose was applied once (the retry recognised its token); otherwise sent again.
+        assert seen(proxy, "POST", compose_of("big")) == (1 if if_absent else 2)
+        assert await backend.get_bytes("big") == data
+    assert tmp_objects(gcs_emulator, backend) == []
+
+
+async def test_lost_answers_of_copies_and_deletes_are_retried_cleanly(gcs_target: StoreTarget,
+                                                                      gcs_emulator: str) -> None:
+    async with behind_proxy(gcs_target, gcs_emulator) as (proxy, backend):
+        await backend.put_bytes("src", b"source bytes", metadata={"m": "1"})
+        await backend.put_bytes("dst", b"old bytes")
+        rules = [FaultRule("lost-answer", method="POST", target=BACKUP_REWRITE),
+                 FaultRule("lost-answer", method="POST", target=rewrite_onto("dst")),
+                 FaultRule("lost-answer", method="DELETE", target=r"/o/store%2Fsrc$")]
+        arm(proxy, *rules)
+        info = await backend.copy("src", "dst")
+        await backend.delete("src")
+        assert [rule.hits for rule in rules] == [1, 1, 1]
+        assert seen(proxy, "POST", rewrite_onto("dst")) == 2
+        assert user_metadata(info.metadata) == {"m": "1"}
+        assert await backend.get_bytes("dst") == b"source bytes"
+        assert await backend.stat("src") is None
+    assert tmp_objects(gcs_emulator, backend) == []  # the backup of the old "dst" is gone (close() waited)
+
+
+OLD = b"old version " * 1000
+NEW = os.urandom(3 * PART + 11)
+SOURCE = os.urandom(2 * PART + 5)
+
+
+async def _setup_existing(backend: GCSBackend) -> None:
+    await backend.put_bytes("k", OLD, metadata={"v": "old"})
+
+
+async def _setup_copy(backend: GCSBackend) -> None:
+    await _setup_existing(backend)
+    await backend.put_bytes("src", SOURCE, metadata={"v": "src"})
+
+
+async def _put_new(backend: GCSBackend, tmp: Path) -> None:
+    await backend.put_bytes("k", NEW, if_absent=True)
+
+
+async def _put_over(backend: GCSBackend, tmp: Path) -> None:
+    await backend.put_bytes("k", NEW, metadata={"v": "new"})
+
+
+async def _update(backend: GCSBackend, tmp: Path) -> None:
+    await backend.update_object("k", lambda old: NEW)
+
+
+async def _stream_new(backend: GCSBackend, tmp: Path) -> None:
+    async with backend.open_writer("k", metadata={"v": "new"}) as writer:
+        await writer.write(NEW)
+
+
+async def _file_over(backend: GCSBackend, tmp: Path) -> None:
+    (tmp / "new").write_bytes(NEW)
+    await backend.upload_file(tmp / "new", "k", metadata={"v": "new"})
+
+
+async def _copy_over(backend: GCSBackend, tmp: Path) -> None:
+    await backend.copy("src", "k")
+
+
+#: (name, set-up, the write, the request to hold, whether that request is the commit, bytes once it took effect)
+COMMIT_PATHS = [
+    ("put-new", None, _put_new, SIMPLE_CREATE, True, NEW),
+    ("put-over", _setup_existing, _put_over, SIMPLE_PLAIN, True, NEW),
+    ("put-over-backup", _setup_existing, _put_over, BACKUP_REWRITE, False, NEW),
+    ("update", _setup_existing, _update, SIMPLE_IF_MATCH, True, NEW),
+    ("stream-new", None, _stream_new, compose_of("k"), True, NEW),
+    ("stream-new-part", None, _stream_new, PART_UPLOAD, False, NEW),
+    ("file-over", _setup_existing, _file_over, compose_of("k"), True, NEW),
+    ("file-over-backup", _setup_existing, _file_over, BACKUP_REWRITE, False, NEW),
+    ("copy-over", _setup_copy, _copy_over, rewrite_onto("k"), True, SOURCE),
+]
+CASES = [pytest.param(setup, write, target, fate, mode, commit, effect, id=f"{name}-{fate}-{mode}")
+         for name, setup, write, target, commit, effect in COMMIT_PATHS
+         for fate in (("hold-before", "hold-after") if commit else ("hold-after",))
+         for mode in ("task.cancel", "asyncio.timeout", "anyio-scope")]
+
+
+async def _pump() -> None:
+    """Let the event loop deliver a cancellation that was just requested."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.parametrize(("setup", "write", "target", "fate", "mode", "commit", "effect"), CASES)
+async def test_a_write_cancelled_at_each_await_leaves_the_store_as_before(
+        gcs_target: StoreTarget, gcs_emulator: str, tmp_path: Path, setup: Any, write: Any, target: str, fate: str,
+        mode: str, commit: bool, effect: bytes) -> None:
+    """Cancel the writer while one request of its commit path is held at the proxy (before or after the emulator
+    applied it), then release it. ``task.cancel()`` and ``asyncio.timeout``: the write raises and the store is as
+    before (a commit that had run is rolled back). An anyio cancel scope: a held *commit* runs to the end and the
+    write returns normally, having taken effect; a held staging request is cancelled and nothing is left.
+    Either way no temporary part or backup is left under ``.ajs-tmp/``."""
+    async with behind_proxy(gcs_target, gcs_emulator) as (proxy, backend):
+        if setup is not None:
+            await setup(backend)
+        before = await backend.stat("k")
+        rule = FaultRule(fate, method="POST", target=target)
+        arm(proxy, rule)
+        returned = False
+        timeouts: list[asyncio.Timeout] = []
+        scope = anyio.CancelScope()
+
+        async def call() -> None:
+            nonlocal returned
+            if mode == "asyncio.timeout":
+                async with asyncio.timeout(None) as timeout:
+                    timeouts.append(timeout)
+                    await write(backend, tmp_path)
+            elif mode == "anyio-scope":
+                with scope:
+                    await write(backend, tmp_path)
+                    returned = True
+                return
+            else:
+                await write(backend, tmp_path)
+            returned = True
+
+        task = asyncio.ensure_future(call())
+        assert await anyio.to_thread.run_sync(rule.held.wait, 30), "the request never reached the proxy"
+        if mode == "task.cancel":
+            task.cancel()
+        elif mode == "asyncio.timeout":
+            timeouts[0].reschedule(asyncio.get_running_loop().time())
+        else:
+            scope.cancel()
+        await _pump()
+        rule.release.set()
+        if mode == "task.cancel":
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        elif mode == "asyncio.timeout":
+            with pytest.raises(TimeoutError):
+                await task
+        else:
+            await task
+        assert rule.hits == 1
+        after = await backend.stat("k")
+        if mode == "anyio-scope" and commit:
+            assert returned, "under an anyio scope a started commit completes and the write returns"
+            assert await backend.get_bytes("k") == effect
+        else:
+            assert not returned
+            if before is None:
+                assert after is None
+            else:
+                assert after is not None and await backend.get_bytes("k") == OLD
+                assert user_metadata(after.metadata) == user_metadata(before.metadata)
+        assert backend.limits.memory.in_use == 0
+    assert tmp_objects(gcs_emulator, backend) == []  # after close(), which waits for background deletions
+
+
+async def test_a_part_upload_applied_after_its_writer_was_cancelled_is_reclaimed(gcs_target: StoreTarget,
+                                                                                 gcs_emulator: str) -> None:
+    """A request the network still carries when its writer is cancelled may be applied after the writer cleaned
+    up (here: held *before* the emulator, released after the clean-up). No client can prevent that; such a part is
+    what ``reclaim`` removes."""
+    async with behind_proxy(gcs_target, gcs_emulator) as (proxy, backend):
+        rule = FaultRule("hold-before", method="POST", target=PART_UPLOAD)
+        arm(proxy, rule)
+
+        async def stream() -> None:
+            async with backend.open_writer("late") as writer:
+                await writer.write(os.urandom(2 * PART + 1))
+
+        task = asyncio.ensure_future(stream())
+        assert await anyio.to_thread.run_sync(rule.held.wait, 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert tmp_objects(gcs_emulator, backend) == []  # the writer's clean-up ran
+        rule.release.set()
+        for _ in range(200):  # the proxy now forwards the held part
+            if tmp_objects(gcs_emulator, backend):
+                break
+            await anyio.sleep(0.05)
+        assert len(tmp_objects(gcs_emulator, backend)) == 1
+        report = await backend.reclaim(older_than=0)
+        assert report.items == 1 and report.kinds == {"temporary-part": 1} and report.bytes > 0
+        assert await backend.stat("late") is None
+    assert tmp_objects(gcs_emulator, backend) == []
+
+
+# ------------------------------------------------------------------------------------- reclaim, integrity, memory
+
+
+async def test_reclaim_removes_old_debris_and_keeps_fresh(gcs: GCSBackend, gcs_emulator: str) -> None:
+    def plant(name: str, data: bytes) -> None:
+        http("POST", f"{gcs_emulator}/upload/storage/v1/b/{gcs.bucket}/o?uploadType=media&name="
+             + urllib.parse.quote(gcs.root + TMP + name, safe=""), data, {"Content-Type": "application/octet-stream"})
+
+    plant("dead-upload/p000001", b"x" * 100)
+    plant("dead-overwrite/backup", b"y" * 10)
+    await anyio.sleep(1.2)
+    plant("live-upload/p000001", b"z" * 7)
+    await gcs.put_bytes("user-object", b"kept")
+    created = {}
+    for name in tmp_objects(gcs_emulator, gcs):
+        resource = json.loads(http("GET", f"{gcs_emulator}/storage/v1/b/{gcs.bucket}/o/"
+                                   + urllib.parse.quote(name, safe="")))
+        created[name.rsplit(TMP, 1)[1]] = datetime.fromisoformat(resource["timeCreated"].replace("Z", "+00:00"))
+    # A grace period half-way between the old debris and the fresh part.
+    midpoint = created["dead-upload/p000001"] + (created["live-upload/p000001"] - created["dead-upload/p000001"]) / 2
+    report = await gcs.reclaim(older_than=time.time() - midpoint.timestamp())
+    assert report.items == 2 and report.bytes == 110
+    assert report.kinds == {"temporary-part": 1, "backup": 1}
+    assert tmp_objects(gcs_emulator, gcs) == [gcs.root + TMP + "live-upload/p000001"]
+    assert await gcs.get_bytes("user-object") == b"kept"
+    assert (await gcs.reclaim(older_than=3600)).items == 0
+
+
+async def test_every_write_path_records_its_crc32c(gcs: GCSBackend, tmp_path: Path, gcs_emulator: str) -> None:
+    small, big = b"small object", os.urandom(3 * PART + 1)
+    (tmp_path / "small").write_bytes(small)
+    (tmp_path / "big").write_bytes(big)
+    await gcs.put_bytes("put", small)
+    async with gcs.open_writer("stream-small") as writer:
+        await writer.write(small)
+    async with gcs.open_writer("stream-big") as writer:
+        await writer.write(big)
+    await gcs.upload_file(tmp_path / "small", "file-small")
+    await gcs.upload_file(tmp_path / "big", "file-big")
+    await gcs.copy("file-big", "copy")
+    await gcs.update_object("put", lambda old: old + b"!")
+    other_bucket = f"ajs-foreign-{uuid.uuid4().hex[:8]}"
+    create_bucket(gcs_emulator, other_bucket)
+    http("POST", f"{gcs_emulator}/upload/storage/v1/b/{other_bucket}/o?uploadType=media&name=foreign", big,
+         {"Content-Type": "application/octet-stream"})  # a plain upload: no ajs-crc32c
+    foreign = open_backend(f"gs://{other_bucket}", emulator_host=gcs_emulator)
+    try:
+        await gcs.copy_from(foreign, "foreign", "imported")
+    finally:
+        await foreign.close()
+    expected = {"put": small + b"!", "stream-small": small, "stream-big": big, "file-small": small, "file-big": big,
+                "copy": big, "imported": big}
+    for key, data in expected.items():
+        recorded = (await gcs.stat(key)).metadata.get(META_CRC32C)
+        assert recorded is not None and crc32c_from_b64(recorded) == crc32c(data), key
+
+
+async def test_require_checksum_refuses_an_object_replaced_by_a_plain_upload(gcs: GCSBackend,
+                                                                             tmp_path: Path) -> None:
+    await gcs.put_bytes("victim", b"written by the store")
+    gcs.require_checksum = True
+    assert await gcs.get_bytes("victim") == b"written by the store"
+    url = (f"{gcs.api_root}/upload/storage/v1/b/{gcs.bucket}/o?uploadType=media&name="
+           + urllib.parse.quote(gcs.root + "victim", safe=""))
+    http("POST", url, b"replaced behind its back", {"Content-Type": "application/octet-stream"})
+    for read in (lambda: gcs.get_bytes("victim"), lambda: gcs.get_object("victim"),
+                 lambda: gcs.get_bytes("victim", start=0, end=3),
+                 lambda: gcs.download_file("victim", tmp_path / "out")):
+        with pytest.raises(IntegrityError, match=r"not written by aiojobstore.*To read it anyway"):
+            await read()
+    with pytest.raises(IntegrityError, match="not written by aiojobstore"):
+        async with gcs.open_reader("victim") as reader:
+            await reader.read()
+    assert not (tmp_path / "out").exists()
+    gcs.require_checksum = False  # what the message says: a backend that does not require checksums reads it
+    assert await gcs.get_bytes("victim") == b"replaced behind its back"
+
+
+async def test_reader_read_ahead_holds_the_store_memory_budget(gcs_target: StoreTarget,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = make_backend(gcs_target, part_size=MiB, max_memory=2 * MiB, max_concurrency=4)  # read-ahead depth 3
+    try:
+        await backend.create()
+        data = os.urandom(6 * MiB)
+        await backend.put_bytes("big", data)
+        ranges = count_calls(backend, "_fetch_range", monkeypatch)
+        async with backend.open_reader("big") as reader:
+            assert await reader.read() == data
+        assert ranges["calls"] == 6
+        assert backend.limits.memory.peak == 2 * MiB  # it did hold the budget, and never more than the budget
+        assert ranges["peak"] <= 2  # so two ranges in flight, not three
+        assert backend.limits.memory.in_use == 0
+        async with backend.open_reader("big") as reader:  # closed early: what it held is given back
+            assert await reader.read(10) == data[:10]
+        assert backend.limits.memory.in_use == 0
+    finally:
+        await backend.close()

@@ -12,8 +12,8 @@ How data moves
   sliding window (:class:`~aiojobstore.transfer.PartWindow`) and joined with ``compose`` (at most 32 sources per
   call; a tree of intermediate composes beyond that). The final compose carries the user metadata and our
   whole-object CRC32C (``ajs-crc32c``, combined arithmetically from the parts' CRCs), and the CRC32C GCS computes
-  for the composite is checked against it. Part objects and intermediates are deleted in a shielded scope
-  whatever happens (success, error, cancellation).
+  for the composite is checked against it. Part objects and intermediates are deleted whatever happens: by the
+  commit itself after a successful compose, else to the end despite any cancellation (``run_uncancelled``).
 
   Parts are plain media uploads (no metadata, so no multipart framing) whose CRC32C as stored by GCS is checked
   against ours.
@@ -31,14 +31,40 @@ How data moves
   threads) into a temporary file next to the target, checks the CRC32C and renames it into place.
   ``open_reader`` reads ahead a few ranges at a time and resumes a broken range from the byte it reached.
 
-Integrity: every whole-object read is checked against the CRC32C GCS reports and, for composed objects, against
-``ajs-crc32c``; a mismatch is retried once, then raises :class:`IntegrityError`.
+Integrity: every object this backend makes visible records its CRC32C in ``ajs-crc32c`` (simple and streamed
+uploads, composed objects, copies; a copy of a foreign object gets the CRC32C GCS reports for it). Every
+whole-object read is checked against the CRC32C GCS reports and against ``ajs-crc32c``; a mismatch is retried once,
+then raises :class:`IntegrityError`. With ``require_checksum`` (set by the job store) every read of an object
+without ``ajs-crc32c`` raises :class:`IntegrityError`: it was not written through aiojobstore.
 
 Concurrency control: ``if_absent`` sends ``ifGenerationMatch=0`` and ``if_match`` sends
-``ifGenerationMatch=<generation>`` (``ObjectInfo.etag`` is the generation). The gcp-storage-emulator ignores
-preconditions, so against an emulator conditional writes are additionally serialised per key within the process
-(an asyncio lock) and the generation is re-checked right before the write: correct for one process on the
-emulator, and the real precondition is always sent too.
+``ifGenerationMatch=<generation>`` (``ObjectInfo.etag`` is the generation). Every conditional write also stores a
+per-call token (``ajs-write-token``); when a retry of it gets 412 — the first attempt was applied and its answer
+lost — :meth:`GCSBackend._request` reads the object again and, if it carries the call's token, reports the call's
+own write instead of a conflict (one place, the retry wrapper, for uploads, composes and the marker). The
+gcp-storage-emulator ignores preconditions, so against an emulator each attempt of a conditional request checks
+the generation itself and answers 412 (and conditional writes are serialised per key within the process by an
+asyncio lock): correct for one process on the emulator, and the real precondition is always sent too.
+
+Cancellation and failure (see :mod:`aiojobstore.commit`): uploading parts, intermediate composes and backups are
+staging; a failure or a cancellation there deletes what was staged (``run_uncancelled``). The one request that
+makes an object visible — the simple upload, the final compose, the rewrite of a copy — is the commit and runs
+under ``commit_or_roll_back``: after ``task.cancel()`` (or ``asyncio.timeout``) it completes and is rolled back,
+conditionally on ``ifGenerationMatch`` of the generation it created, so a later writer's object is never
+touched: a created key is deleted; ``update_object`` re-uploads the previous bytes it read; any other overwrite
+restores a **backup**: before overwriting an existing key, the backend copies it server-side (a rewrite) to
+``<root>.ajs-tmp/<id>/backup``. Cost: every write that is not create-only first reads the key's metadata (one
+GET); overwriting an existing key also costs the rewrite and a delete of the backup, which runs in the background
+once the write returned (``close()`` waits for it), so that a write that returned has nothing left to await and an
+anyio cancel scope sees it return normally. The composed commit deletes the temporary parts itself, for the same
+reason. Caveats: the restored version is a new generation with the old bytes and metadata; a writer that slipped
+in between the backup and an unconditional overwrite is overwritten by the restore; an object encrypted with a
+key this store lacks cannot be backed up (a roll-back then keeps the new object, and logs it). A part upload that
+is still in the network when its writer cleans up can be applied afterwards: such debris (and what killed writers
+leave) is what :meth:`GCSBackend.reclaim` deletes once it is older than its grace period.
+
+Memory: write streams hold at most ``max_concurrency + 1`` parts of the store's ``max_memory``; read streams hold
+each range they read ahead of the same budget until the reader has moved past it.
 
 Encryption: ``encrypted=True`` writes send a customer-supplied key (``x-goog-encryption-*``); reads send it when
 the object needs it. The emulator ignores these headers (it stores plaintext), so the backend also records the
@@ -59,10 +85,12 @@ import hashlib
 import json
 import logging
 import os
+import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from os import PathLike
 from typing import Any
@@ -71,6 +99,7 @@ from urllib.parse import quote
 import aiohttp
 import anyio
 
+from ..commit import META_WRITE_TOKEN, commit_or_roll_back, new_write_token, run_uncancelled
 from ..errors import (
     BackendUnavailableError,
     ConcurrentModificationError,
@@ -107,7 +136,7 @@ from ..transfer import (
     run_parts,
     with_retries,
 )
-from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, validate_key
+from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, ReclaimReport, user_metadata, validate_key
 
 log = logging.getLogger("aiojobstore.gcs")
 
@@ -166,6 +195,18 @@ def _emulator_host_from_env() -> str | None:
 def _normalise_host(host: str) -> str:
     host = host.rstrip("/")
     return host if "://" in host else f"http://{host}"
+
+
+@dataclass
+class _Undo:
+    """How to roll back one write: restore ``previous`` (bytes, metadata, encrypted: update_object has them in
+    hand), else restore the ``backup`` copy made under ``.ajs-tmp/`` before the write, else (the key did not
+    exist) delete what the write created. ``restorable`` is false when an existing object could not be backed up."""
+
+    previous: tuple[bytes, dict[str, str], bool] | None = None
+    backup: str | None = None
+    backup_encrypted: bool = False
+    restorable: bool = True
 
 
 class _GCSWriter:
@@ -254,6 +295,7 @@ class GCSBackend(Backend):
         self._token: Any = None
         self._storage: Any = None
         self._closed = False
+        self._background: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -335,29 +377,52 @@ class GCSBackend(Backend):
     async def _request(self, method: str, url: str, *, what: str, key: str | None = None,
                        params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
                        json_body: Any = None, body: Callable[[], Any] | None = None,
-                       ok: Iterable[int] = (200,), missing_ok: bool = False) -> tuple[int, Any, Any]:
+                       ok: Iterable[int] = (200,), missing_ok: bool = False, target: str | None = None,
+                       write_token: str | None = None) -> tuple[int, Any, Any]:
         """Send one request with retries; returns ``(status, parsed JSON or None, response headers)``.
 
         ``body`` is a factory giving a fresh request body per attempt. A 404 with ``missing_ok`` returns
         ``(404, None, headers)``.
+
+        ``target`` names the object a conditional request (``ifGenerationMatch`` in ``params``) is about. On an
+        emulator, which ignores preconditions, each attempt checks the precondition against the object first and
+        answers 412 itself. ``write_token`` is the per-call token a conditional write stores in the object's
+        metadata (``ajs-write-token``): when a *retry* gets 412, the first attempt may have been applied with its
+        answer lost, so the object is read again and, if it carries this call's token, that is the call's own
+        write and its resource is returned as the answer — never a conflict with itself, never applied twice.
         """
         ok = tuple(ok)
         session = self._session_now()
+        precondition = (params or {}).get("ifGenerationMatch") if target is not None else None
+        attempts = 0
 
         async def attempt() -> tuple[int, Any, Any]:
-            all_headers = {**(await self._auth_headers()), **(headers or {})}
-            data = body() if body is not None else None
-            async with self.limits.requests, session.request(method, url, params=params, headers=all_headers,
-                                                              json=json_body, data=data) as response:
-                text = await response.text()
-                if response.status in ok:
-                    parsed = json.loads(text) if text and "json" in response.headers.get("Content-Type", "") else None
-                    return response.status, parsed, response.headers
-                if response.status == 404 and missing_ok:
-                    return 404, None, response.headers
-                if response.status in _RETRY_STATUS:
-                    raise _RetryableStatus(response.status, text)
-                raise _HTTPStatusError(response.status, text)
+            nonlocal attempts
+            attempts += 1
+            if precondition is not None and self.emulated and not await self._generation_is(target, precondition):
+                status, text, response_headers = 412, "conditionNotMet (checked by aiojobstore: the emulator " \
+                                                      "ignores preconditions)", {}
+            else:
+                all_headers = {**(await self._auth_headers()), **(headers or {})}
+                data = body() if body is not None else None
+                async with self.limits.requests, session.request(method, url, params=params, headers=all_headers,
+                                                                  json=json_body, data=data) as response:
+                    text = await response.text()
+                    status, response_headers = response.status, response.headers
+                    if status in ok:
+                        parsed = json.loads(text) if text and "json" in response.headers.get("Content-Type", "") \
+                            else None
+                        return status, parsed, response_headers
+            if status == 412 and write_token is not None and attempts > 1:
+                mine = await self._resource(target) if target is not None else None
+                if mine is not None and (mine.get("metadata") or {}).get(META_WRITE_TOKEN) == write_token:
+                    log.info("%s: the retry found the call's own write (its answer was lost)", what)
+                    return 200, mine, response_headers
+            if status == 404 and missing_ok:
+                return 404, None, response_headers
+            if status in _RETRY_STATUS:
+                raise _RetryableStatus(status, text)
+            raise _HTTPStatusError(status, text)
 
         try:
             return await with_retries(attempt, policy=self.retry_policy, is_retryable=_is_retryable, what=what)
@@ -367,6 +432,12 @@ class GCSBackend(Backend):
             raise TransferError(f"{what} failed after retries: {error}") from error
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as error:
             raise TransferError(f"{what} failed after retries ({error!r}); is {self.api_root} reachable?") from error
+
+    async def _generation_is(self, name: str, generation: str) -> bool:
+        """Whether ``name``'s current generation is ``generation`` (``"0"``: the object does not exist)."""
+        current = await self._resource(name)
+        return (current is None and generation == "0") or (
+            current is not None and str(current.get("generation")) == generation)
 
     # ------------------------------------------------------------------ object resources
 
@@ -383,6 +454,18 @@ class GCSBackend(Backend):
 
     def _is_encrypted(self, resource: dict[str, Any]) -> bool:
         return bool(resource.get("customerEncryption")) or META_KEY_SHA256 in (resource.get("metadata") or {})
+
+    def _check_readable(self, key: str, resource: dict[str, Any]) -> None:
+        """Raise unless this store may read the object: ``IntegrityError`` when ``require_checksum`` is set and it
+        has no ``ajs-crc32c`` (it was not written through aiojobstore), ``EncryptionKeyError`` for a missing or
+        wrong key."""
+        if self.require_checksum and META_CRC32C not in (resource.get("metadata") or {}):
+            raise IntegrityError(
+                f"{key!r} has no {META_CRC32C} checksum: it was not written by aiojobstore (something replaced it "
+                "behind the store's back, e.g. with a plain upload). To read it anyway, use a backend that does not "
+                "require checksums: aiojobstore.locator.open_backend() on the store's gs:// location (its "
+                "require_checksum is False), then check the bytes yourself")
+        self._check_read_key(key, resource)
 
     def _check_read_key(self, key: str, resource: dict[str, Any]) -> None:
         self.check_encryption(key, resource.get("metadata") or {})
@@ -403,9 +486,9 @@ class GCSBackend(Backend):
         return lock
 
     @asynccontextmanager
-    async def _conditional(self, key: str, name: str, if_absent: bool, if_match: str | None
-                           ) -> AsyncIterator[dict[str, str]]:
-        """Yield the precondition query parameters; on an emulator also hold the key's lock and re-check."""
+    async def _conditional(self, name: str, if_absent: bool, if_match: str | None) -> AsyncIterator[dict[str, str]]:
+        """Yield the precondition query parameters; on an emulator also hold the key's lock (each attempt of the
+        write then checks the precondition itself, see :meth:`_request`)."""
         params: dict[str, str] = {}
         if if_absent:
             params["ifGenerationMatch"] = "0"
@@ -415,11 +498,6 @@ class GCSBackend(Backend):
             yield params
             return
         async with self._key_lock(name):
-            current = await self._resource(name)
-            if if_absent and current is not None:
-                raise ConcurrentModificationError(f"{key!r} already exists")
-            if if_match is not None and (current is None or str(current.get("generation")) != str(if_match)):
-                raise ConcurrentModificationError(f"{key!r} changed since it was read")
             yield params
 
     # ------------------------------------------------------------------ uploads
@@ -430,11 +508,14 @@ class GCSBackend(Backend):
     async def _upload_simple(self, name: str, data: bytes | None, *, crc: int, metadata: dict[str, str] | None,
                              encrypted: bool, params: dict[str, str] | None = None, key: str | None = None,
                              file_range: tuple[str | PathLike[str], int, int] | None = None,
-                             progress: Progress | None = None) -> dict[str, Any]:
-        """One multipart (metadata + media) upload; the body is ``data`` or streamed from ``file_range``."""
-        resource: dict[str, Any] = {"name": name, "contentType": CONTENT_TYPE, "crc32c": crc32c_to_b64(crc)}
-        if metadata:
-            resource["metadata"] = metadata
+                             progress: Progress | None = None, write_token: str | None = None) -> dict[str, Any]:
+        """One multipart (metadata + media) upload; the body is ``data`` or streamed from ``file_range``. The
+        object records its CRC32C in ``ajs-crc32c`` (and ``write_token``, if given, in ``ajs-write-token``)."""
+        metadata = {**(metadata or {}), META_CRC32C: crc32c_to_b64(crc)}
+        if write_token is not None:
+            metadata[META_WRITE_TOKEN] = write_token
+        resource: dict[str, Any] = {"name": name, "contentType": CONTENT_TYPE, "crc32c": crc32c_to_b64(crc),
+                                    "metadata": metadata}
         boundary = "ajs" + uuid.uuid4().hex
         head = (f"--{boundary}\r\nContent-Type: application/json; charset=UTF-8\r\n\r\n{json.dumps(resource)}\r\n"
                 f"--{boundary}\r\nContent-Type: {CONTENT_TYPE}\r\n\r\n").encode()
@@ -458,7 +539,8 @@ class GCSBackend(Backend):
 
         query = {"uploadType": "multipart", **(params or {})}
         _, resource_out, _ = await self._request("POST", self._upload_url(), what=f"upload {name}", key=key or name,
-                                                 params=query, headers=headers, body=body)
+                                                 params=query, headers=headers, body=body, target=name,
+                                                 write_token=write_token)
         if progress is not None:  # reported per finished part: a retried part never counts twice
             await progress.advance(length)
         return resource_out or {}
@@ -492,21 +574,23 @@ class GCSBackend(Backend):
             await progress.advance(length)
 
     async def _compose(self, name: str, sources: list[str], *, metadata: dict[str, str] | None, encrypted: bool,
-                       params: dict[str, str] | None = None, key: str | None = None) -> dict[str, Any]:
+                       params: dict[str, str] | None = None, key: str | None = None,
+                       write_token: str | None = None) -> dict[str, Any]:
         destination: dict[str, Any] = {"contentType": CONTENT_TYPE}
-        if metadata:
-            destination["metadata"] = metadata
+        if metadata or write_token:
+            destination["metadata"] = {**(metadata or {}), **({META_WRITE_TOKEN: write_token} if write_token else {})}
         body = {"kind": "storage#composeRequest", "destination": destination,
                 "sourceObjects": [{"name": source} for source in sources]}
         _, resource, _ = await self._request("POST", self._object_url(name) + "/compose", what=f"compose {name}",
                                              key=key or name, params=params, json_body=body,
-                                             headers=self._key_headers(encrypted))
+                                             headers=self._key_headers(encrypted), target=name,
+                                             write_token=write_token)
         return resource or {}
 
-    async def _compose_tree(self, name: str, sources: list[str], upload_id: str, created: list[str], *,
-                            metadata: dict[str, str] | None, encrypted: bool, params: dict[str, str],
-                            key: str) -> dict[str, Any]:
-        """Compose any number of sources into ``name``: groups of 32 into intermediates until one call is left."""
+    async def _compose_intermediates(self, sources: list[str], upload_id: str, created: list[str], *,
+                                     encrypted: bool) -> list[str]:
+        """Compose groups of 32 sources into intermediate temporary objects until at most 32 are left (what the
+        final compose takes); returns those."""
         level = 0
         while len(sources) > MAX_COMPOSE_SOURCES:
             level += 1
@@ -521,7 +605,7 @@ class GCSBackend(Backend):
             await run_parts([Part(i + 1, 0, 0) for i in range(len(groups))], one,
                              max_concurrency=self.transfer.max_concurrency)
             sources = names
-        return await self._compose(name, sources, metadata=metadata, encrypted=encrypted, params=params, key=key)
+        return sources
 
     async def _delete_names(self, names: Iterable[str]) -> None:
         names = list(names)
@@ -536,29 +620,160 @@ class GCSBackend(Backend):
                          max_concurrency=max(self.transfer.max_concurrency, 8))
 
     async def _cleanup(self, upload_id: str, names: Iterable[str]) -> None:
-        """Delete temporary objects of one upload, shielded from cancellation; never raises."""
-        with anyio.CancelScope(shield=True):
+        """Delete the temporary objects of one upload (and whatever else is under its ``.ajs-tmp/<id>/``), to
+        the end whatever cancellation arrives (re-raised afterwards); never raises anything else."""
+        names = list(names)
+
+        async def delete_all() -> None:
             try:
                 await self._delete_names(names)
                 leftovers = [r["name"] async for r in self._list_resources(self._tmp_name(upload_id, ""))]
                 await self._delete_names(leftovers)
             except Exception as error:  # cleanup must not hide the original error
-                log.warning("could not delete the temporary parts of upload %s: %r", upload_id, error)
+                log.warning("could not delete the temporary objects of upload %s: %r", upload_id, error)
+
+        await run_uncancelled(delete_all)
 
     async def _commit_composed(self, key: str, name: str, parts: list[tuple[str, int, int]], upload_id: str,
                                created: list[str], *, metadata: dict[str, str] | None, encrypted: bool,
                                if_absent: bool) -> ObjectInfo:
+        """Join uploaded temporary parts into ``key``: intermediates (staging), then the final compose as the
+        commit, whose CRC32C is checked and after which the commit deletes the temporary objects itself (so a
+        write that returned has no clean-up left to await)."""
         whole_crc = combine_part_crcs((crc, length) for _, crc, length in parts)
         meta = {**(metadata or {}), **self.encryption_metadata(encrypted), META_CRC32C: crc32c_to_b64(whole_crc)}
-        async with self._conditional(key, name, if_absent, None) as params:
-            resource = await self._compose_tree(name, [p[0] for p in parts], upload_id, created, metadata=meta,
-                                                encrypted=encrypted, params=params, key=key)
-        reported = resource.get("crc32c")
-        if reported and crc32c_from_b64(reported) != whole_crc:
-            await self._request("DELETE", self._object_url(name), what="delete", ok=(200, 204), missing_ok=True)
-            raise IntegrityError(f"{key!r}: the composed object's CRC32C does not match the bytes sent; "
-                                 "it was deleted, write it again")
+        sources = await self._compose_intermediates([p[0] for p in parts], upload_id, created, encrypted=encrypted)
+
+        async def write(params: dict[str, str], token: str | None) -> dict[str, Any]:
+            return await self._compose(name, sources, metadata=meta, encrypted=encrypted, params=params, key=key,
+                                       write_token=token)
+
+        def verify(resource: dict[str, Any]) -> str | None:
+            reported = resource.get("crc32c")
+            if reported and crc32c_from_b64(reported) != whole_crc:
+                return (f"{key!r}: the composed object's CRC32C does not match the bytes sent; it was not kept, "
+                        "write it again")
+            return None
+
+        async def after(resource: dict[str, Any]) -> None:
+            await self._cleanup(upload_id, [*(p[0] for p in parts), *created])
+
+        resource = await self._commit(key, name, write, if_absent=if_absent, verify=verify, after=after)
         return self._info(resource)
+
+    # ------------------------------------------------------------------ commits
+
+    async def _commit(self, key: str, name: str,
+                      write: Callable[[dict[str, str], str | None], Awaitable[dict[str, Any]]], *,
+                      if_absent: bool = False, if_match: str | None = None,
+                      previous: tuple[bytes, dict[str, str], bool] | None = None,
+                      verify: Callable[[dict[str, Any]], str | None] | None = None,
+                      after: Callable[[dict[str, Any]], Awaitable[None]] | None = None) -> dict[str, Any]:
+        """Make ``name`` visible with ``write(params, token)`` (the one request that does it: an upload, the final
+        compose, a rewrite) under the store's cancellation contract; returns the new object's resource.
+
+        Conditional writes get the precondition ``params`` and a fresh write token. The commit runs to completion
+        in its own task (:func:`~aiojobstore.commit.commit_or_roll_back`); ``verify(resource)`` (a message: the
+        result is bad) and ``after(resource)`` run inside it, so an error there undoes the write too. When the
+        caller was cancelled with ``task.cancel()`` meanwhile, the write is rolled back (:meth:`_roll_back`):
+        deleted if it created the key, else the previous version restored, each conditional on the object still
+        being the one this call wrote. To restore, ``previous`` (bytes, metadata, encrypted) is used when the
+        caller has them (``update_object``); otherwise an existing object is first copied server-side to a backup
+        under ``.ajs-tmp/`` (:meth:`_back_up`), deleted again after the write (in the background once the write
+        succeeded, so that a write that returns has nothing left to await).
+        """
+        undo = _Undo(previous=previous)
+        backup_name: str | None = None
+        try:
+            if previous is None and not if_absent:
+                backup_name = self._tmp_name(uuid.uuid4().hex, "backup")
+                undo = await self._back_up(key, name, backup_name, generation=if_match)
+            async with self._conditional(name, if_absent, if_match) as params:
+                token = new_write_token() if params else None
+
+                async def commit() -> dict[str, Any]:
+                    resource = await write(params, token)
+                    try:
+                        problem = verify(resource) if verify is not None else None
+                        if problem is not None:
+                            raise IntegrityError(problem)
+                        if after is not None:
+                            await after(resource)
+                    except BaseException:
+                        await self._roll_back(key, name, resource, undo)
+                        raise
+                    return resource
+
+                async def roll_back(resource: dict[str, Any]) -> None:
+                    await self._roll_back(key, name, resource, undo)
+
+                resource = await commit_or_roll_back(commit, roll_back)
+        except BaseException:
+            if backup_name is not None:
+                await run_uncancelled(lambda: self._delete_quietly([backup_name]))
+            raise
+        if undo.backup is not None:
+            backup = undo.backup
+            self._in_background(lambda: self._delete_quietly([backup]))
+        return resource
+
+    async def _back_up(self, key: str, name: str, backup_name: str, *, generation: str | None) -> _Undo:
+        """Before an overwrite of ``name``: copy its current version server-side (a rewrite, which GCS does
+        without moving the bytes through us) to ``backup_name``, what a roll-back restores. Nothing to copy when
+        the key does not exist. With ``generation`` (``if_match``), ``ConcurrentModificationError`` unless that
+        generation is the current one (the write would fail anyway). An object encrypted with a key this store
+        lacks cannot be copied: the write then goes ahead without a way back (logged if it has to roll back)."""
+        current = await self._resource(name)
+        if generation is not None and (current is None or str(current.get("generation")) != str(generation)):
+            raise ConcurrentModificationError(f"{key!r} changed since it was read (precondition failed)")
+        if current is None:
+            return _Undo()
+        encrypted = self._is_encrypted(current)
+        try:
+            self._check_read_key(key, current)
+        except EncryptionKeyError:
+            return _Undo(restorable=False)
+        await self._rewrite(self.bucket, name, backup_name, source_headers=self._key_headers(encrypted, source=True),
+                            dest_headers=self._key_headers(encrypted), metadata=None, key=key,
+                            params={"sourceGeneration": str(current["generation"])})
+        return _Undo(backup=backup_name, backup_encrypted=encrypted)
+
+    async def _roll_back(self, key: str, name: str, created: dict[str, Any], undo: _Undo) -> None:
+        """Undo a write that made generation ``created`` of ``name``: restore the previous version or delete the
+        object, conditionally (``ifGenerationMatch`` of ``created``), so another writer's later object is never
+        touched."""
+        only_ours = {"ifGenerationMatch": str(created.get("generation"))}
+        try:
+            if undo.previous is not None:
+                data, metadata, encrypted = undo.previous
+                await self._upload_simple(name, data, crc=await crc32c_async(data), metadata=metadata,
+                                          encrypted=encrypted, params=only_ours, key=key,
+                                          write_token=new_write_token())
+            elif undo.backup is not None:
+                await self._rewrite(self.bucket, undo.backup, name,
+                                    source_headers=self._key_headers(undo.backup_encrypted, source=True),
+                                    dest_headers=self._key_headers(undo.backup_encrypted), metadata=None, key=key,
+                                    params=only_ours)
+            elif undo.restorable:
+                await self._request("DELETE", self._object_url(name), what=f"roll back {key}", key=key,
+                                    params=only_ours, ok=(200, 204), missing_ok=True, target=name)
+            else:
+                log.warning("%s was overwritten by a write that was then cancelled, but its previous version "
+                            "(encrypted with a key this store lacks) could not be backed up: the new one stays", key)
+        except ConcurrentModificationError:
+            log.info("not rolling back %s: another writer has replaced it since", key)
+
+    async def _delete_quietly(self, names: list[str]) -> None:
+        try:
+            await self._delete_names(names)
+        except Exception as error:
+            log.warning("could not delete %s (reclaim() removes it later): %r", ", ".join(names), error)
+
+    def _in_background(self, make: Callable[[], Awaitable[None]]) -> None:
+        """Run ``make()`` in a task of its own that the caller does not wait for; :meth:`close` waits for it."""
+        task = asyncio.ensure_future(make())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ container
 
@@ -583,7 +798,8 @@ class GCSBackend(Backend):
             return False
         try:
             await self._upload_simple(marker, b"", crc=0, metadata={"ajs-bucket-created": str(bucket_created)},
-                                      encrypted=False, params={"ifGenerationMatch": "0"})
+                                      encrypted=False, params={"ifGenerationMatch": "0"},
+                                      write_token=new_write_token())
         except ConcurrentModificationError:
             return False
         return True
@@ -619,7 +835,30 @@ class GCSBackend(Backend):
                 await self._request("DELETE", f"{self.api_root}/storage/v1/b/{quote(self.bucket, safe='')}",
                                     what="delete bucket", ok=(200, 204, 409), missing_ok=True)
 
+    async def reclaim(self, older_than: float = 3600.0) -> ReclaimReport:
+        """Delete what writers that died left under ``<prefix>/.ajs-tmp/`` (temporary parts, intermediate
+        composes, backups of overwritten objects), each only if it was created more than ``older_than`` seconds
+        ago, so that live writers are not touched, and conditionally on its generation."""
+        report = ReclaimReport()
+        cutoff = time.time() - older_than
+        async for resource in self._list_resources(self.root + TMP_DIR):
+            created = _parse_time(resource.get("timeCreated"))
+            if created is None or created > cutoff:
+                continue
+            name = resource["name"]
+            try:
+                status, _, _ = await self._request(
+                    "DELETE", self._object_url(name), what=f"reclaim {name}", key=name, ok=(200, 204),
+                    missing_ok=True, params={"ifGenerationMatch": str(resource.get("generation"))}, target=name)
+            except ConcurrentModificationError:  # written again since it was listed: not debris
+                continue
+            if status != 404:
+                report.add("backup" if name.endswith("/backup") else "temporary-part", int(resource.get("size") or 0))
+        return report
+
     async def close(self) -> None:
+        if self._background:  # deletions of backups that writes which returned left to the background
+            await run_uncancelled(lambda: asyncio.gather(*self._background, return_exceptions=True))
         self._closed = True
         session, self._session = self._session, None
         if session is not None:
@@ -698,7 +937,7 @@ class GCSBackend(Backend):
         resource = await self._resource(name)
         if resource is None:
             raise NoSuchFileError(key)
-        self._check_read_key(key, resource)
+        self._check_readable(key, resource)
         return name, resource
 
     async def _after_bad_read(self, key: str, name: str, resource: dict[str, Any], tries: list[int],
@@ -711,7 +950,7 @@ class GCSBackend(Backend):
             raise NoSuchFileError(key)
         if str(fresh.get("generation")) != str(resource.get("generation")) and tries[1] < 5:
             tries[1] += 1  # replaced while we read it: read the new version
-            self._check_read_key(key, fresh)
+            self._check_readable(key, fresh)
             return fresh
         if not mismatch:
             raise NoSuchFileError(key)
@@ -753,6 +992,11 @@ class GCSBackend(Backend):
         events = {r.number: anyio.Event() for r in ranges}
         errors: list[BaseException] = []
         slots = anyio.Semaphore(depth)
+        budget = self.limits.memory
+        held: dict[int, int] = {}  # bytes of the store's memory budget held per range read ahead
+
+        def give_back(number: int) -> None:
+            budget.release(held.pop(number, 0))
 
         # The task group is entered and left by hand (as PartWindow does) so that an error raised by the code
         # using the reader reaches it as itself, not wrapped in an ExceptionGroup.
@@ -772,6 +1016,8 @@ class GCSBackend(Backend):
                     await slots.acquire()
                     if errors:
                         return
+                    await budget.acquire(part.length)  # a range read ahead holds its bytes of the budget
+                    held[part.number] = part.length
                     group.start_soon(fetch, part)
 
             group.start_soon(feeder)
@@ -787,6 +1033,7 @@ class GCSBackend(Backend):
                     if whole:
                         running = await crc32c_async(data, running)
                     yield data
+                    give_back(part.number)  # the reader asks for more: it is done with this range
                 if whole and not all(running == want for want in self._expected_crcs(resource)):
                     raise IntegrityError(f"{key!r}: the bytes read do not match the CRC32C recorded for the object; "
                                          "it is corrupt in the store")
@@ -799,7 +1046,11 @@ class GCSBackend(Backend):
                     await reader.aclose()
         finally:
             group.cancel_scope.cancel()
-            await group.__aexit__(None, None, None)
+            try:
+                await group.__aexit__(None, None, None)
+            finally:
+                for number in list(held):
+                    give_back(number)
 
     async def download_file(self, key: str, path: str | PathLike[str], *,
                             progress: ProgressCallback | None = None) -> ObjectInfo:
@@ -840,13 +1091,34 @@ class GCSBackend(Backend):
 
     async def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None,
                         if_absent: bool = False, if_match: str | None = None, encrypted: bool = False) -> ObjectInfo:
+        return self._info(await self._put(key, data, metadata=metadata, if_absent=if_absent, if_match=if_match,
+                                          encrypted=encrypted))
+
+    async def _put(self, key: str, data: bytes, *, metadata: dict[str, str] | None, if_absent: bool = False,
+                   if_match: str | None = None, encrypted: bool = False,
+                   previous: tuple[bytes, dict[str, str], bool] | None = None) -> dict[str, Any]:
+        """One simple upload of ``data`` as the commit (see :meth:`_commit`)."""
         name = self._name(key)
         data = bytes(data)
         meta = {**(metadata or {}), **self.encryption_metadata(encrypted)}
         crc = await crc32c_async(data)
-        async with self._conditional(key, name, if_absent, if_match) as params:
-            resource = await self._upload_simple(name, data, crc=crc, metadata=meta, encrypted=encrypted,
-                                                 params=params, key=key)
+
+        async def write(params: dict[str, str], token: str | None) -> dict[str, Any]:
+            return await self._upload_simple(name, data, crc=crc, metadata=meta, encrypted=encrypted, params=params,
+                                             key=key, write_token=token)
+
+        return await self._commit(key, name, write, if_absent=if_absent, if_match=if_match, previous=previous)
+
+    async def update_object(self, key: str, edit: Callable[[bytes], bytes], *,
+                            metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """As :meth:`Backend.update_object` (keeps the user metadata and the encryption); the previous bytes are
+        in hand, so a roll-back re-uploads them instead of backing the object up first."""
+        data, info = await self.get_object(key)
+        encrypted = META_KEY_SHA256 in info.metadata
+        kept = user_metadata(info.metadata)
+        previous = (data, {**kept, **self.encryption_metadata(encrypted)}, encrypted)
+        resource = await self._put(key, edit(data), metadata=kept if metadata is None else metadata,
+                                   if_match=info.etag, encrypted=encrypted, previous=previous)
         return self._info(resource)
 
     @asynccontextmanager
@@ -857,6 +1129,7 @@ class GCSBackend(Backend):
         upload_id = uuid.uuid4().hex
         writer: _GCSWriter | None = None
         created: list[str] = []  # intermediate composes
+        committed = False
         try:
             async with PartWindow(self.transfer.max_concurrency) as window:
                 writer = _GCSWriter(self, window, upload_id, encrypted)
@@ -865,18 +1138,16 @@ class GCSBackend(Backend):
                     await writer.flush_tail()  # the last part of a composed object
             if not writer.part_names:
                 data = writer.take_tail()
-                meta = {**(metadata or {}), **self.encryption_metadata(encrypted)}
-                async with self._conditional(key, name, if_absent, None) as params:
-                    await self._upload_simple(name, data, crc=await crc32c_async(data), metadata=meta,
-                                              encrypted=encrypted, params=params, key=key)
                 writer.release()
+                await self._put(key, data, metadata=metadata, if_absent=if_absent, encrypted=encrypted)
                 return
             await self._commit_composed(key, name, writer.parts(), upload_id, created, metadata=metadata,
                                         encrypted=encrypted, if_absent=if_absent)
+            committed = True  # the commit deleted the temporary parts itself
         finally:
             if writer is not None:
                 writer.release()
-                if writer.part_names:
+                if writer.part_names and not committed:
                     await self._cleanup(upload_id, [*writer.part_names, *created])
 
     async def upload_file(self, path: str | PathLike[str], key: str, *, metadata: dict[str, str] | None = None,
@@ -893,12 +1164,20 @@ class GCSBackend(Backend):
                                min_part_size=self.transfer.min_part_size)
             if len(parts) == 1:
                 crc = await self.limits.file_crc32c(path, 0, size)
-                resource = await self._upload_simple(name, None, crc=crc, metadata=meta, encrypted=encrypted, key=key,
-                                                     file_range=(path, 0, size), progress=report)
-                return self._info(resource)
+
+                async def write(params: dict[str, str], token: str | None) -> dict[str, Any]:
+                    return await self._upload_simple(name, None, crc=crc, metadata=meta, encrypted=encrypted,
+                                                     key=key, file_range=(path, 0, size), params=params,
+                                                     write_token=token)
+
+                async def after(resource: dict[str, Any]) -> None:
+                    await report.advance(size)  # in the commit: a failing callback undoes the write
+
+                return self._info(await self._commit(key, name, write, after=after))
             upload_id = uuid.uuid4().hex
             names = [self._tmp_name(upload_id, f"p{p.number:06d}") for p in parts]
             created = list(names)
+            committed = False
             try:
                 async def one(part: Part) -> tuple[str, int, int]:
                     crc = await self.limits.file_crc32c(path, part.offset, part.length)
@@ -910,8 +1189,10 @@ class GCSBackend(Backend):
                                            share=share.window)
                 info = await self._commit_composed(key, name, uploaded, upload_id, created, metadata=metadata,
                                                    encrypted=encrypted, if_absent=False)
+                committed = True  # the commit deleted the temporary parts itself
             finally:
-                await self._cleanup(upload_id, created)
+                if not committed:
+                    await self._cleanup(upload_id, created)
             return info
 
     # ------------------------------------------------------------------ metadata operations
@@ -952,18 +1233,22 @@ class GCSBackend(Backend):
             yield self._info(resource)
 
     async def _rewrite(self, src_bucket: str, src_name: str, dst_name: str, *, source_headers: dict[str, str],
-                       dest_headers: dict[str, str], metadata: dict[str, str] | None, key: str) -> dict[str, Any]:
+                       dest_headers: dict[str, str], metadata: dict[str, str] | None, key: str,
+                       params: dict[str, str] | None = None) -> dict[str, Any]:
+        """A server-side copy; ``metadata`` (if given) replaces the destination's, else the source's is kept.
+        ``params`` may carry ``sourceGeneration`` and a destination ``ifGenerationMatch``."""
         url = (f"{self.api_root}/storage/v1/b/{quote(src_bucket, safe='')}/o/{quote(src_name, safe='')}"
                f"/rewriteTo/b/{quote(self.bucket, safe='')}/o/{quote(dst_name, safe='')}")
         body = {"contentType": CONTENT_TYPE, "metadata": metadata} if metadata is not None else None
-        params: dict[str, str] = {}
+        query = dict(params or {})
         while True:
-            _, result, _ = await self._request("POST", url, what=f"copy to {dst_name}", key=key, params=params,
-                                               json_body=body, headers={**source_headers, **dest_headers})
+            _, result, _ = await self._request("POST", url, what=f"copy to {dst_name}", key=key, params=query,
+                                               json_body=body, headers={**source_headers, **dest_headers},
+                                               target=dst_name)
             if result.get("done"):
                 resource = result["resource"]
                 break
-            params = {"rewriteToken": result["rewriteToken"]}
+            query = {**(params or {}), "rewriteToken": result["rewriteToken"]}
         if metadata is not None and self.emulated and (resource.get("metadata") or {}) != metadata:
             # The emulator ignores the destination resource of a rewrite: set the metadata afterwards.
             patch = {"metadata": {**{k: None for k in resource.get("metadata") or {}}, **metadata}}
@@ -972,15 +1257,33 @@ class GCSBackend(Backend):
             resource["metadata"] = {k: v for k, v in (resource.get("metadata") or {}).items() if v is not None}
         return resource
 
+    def _copy_metadata(self, source: dict[str, Any], metadata: dict[str, str] | None) -> dict[str, str]:
+        """The metadata of a copy of ``source``: its own, updated with ``metadata``, with an ``ajs-crc32c`` (the
+        CRC32C GCS reports for the source when the source has none: a foreign object gets one on import)."""
+        merged = {**(source.get("metadata") or {}), **(metadata or {})}
+        merged.pop(META_WRITE_TOKEN, None)
+        if META_CRC32C not in merged and source.get("crc32c"):
+            merged[META_CRC32C] = source["crc32c"]
+        return merged
+
+    async def _commit_rewrite(self, source: GCSBackend, src_key: str, src_name: str, resource: dict[str, Any],
+                              dst_key: str, metadata: dict[str, str] | None) -> ObjectInfo:
+        """A server-side copy of ``resource`` (from ``source``) onto ``dst_key`` as the commit (see :meth:`_commit`)."""
+        dst_name = self._name(dst_key)
+        encrypted = source._is_encrypted(resource)
+        merged = self._copy_metadata(resource, metadata)
+
+        async def write(params: dict[str, str], token: str | None) -> dict[str, Any]:
+            return await self._rewrite(source.bucket, src_name, dst_name,
+                                       source_headers=source._key_headers(encrypted, source=True),
+                                       dest_headers=self._key_headers(encrypted), metadata=merged, key=src_key,
+                                       params={"sourceGeneration": str(resource["generation"]), **params})
+
+        return self._info(await self._commit(dst_key, dst_name, write))
+
     async def copy(self, src: str, dst: str, *, metadata: dict[str, str] | None = None) -> ObjectInfo:
         src_name, resource = await self._stat_for_read(src)
-        dst_name = self._name(dst)
-        encrypted = self._is_encrypted(resource)
-        merged = {**(resource.get("metadata") or {}), **(metadata or {})} if metadata else None
-        result = await self._rewrite(self.bucket, src_name, dst_name,
-                                     source_headers=self._key_headers(encrypted, source=True),
-                                     dest_headers=self._key_headers(encrypted), metadata=merged, key=src)
-        return self._info(result)
+        return await self._commit_rewrite(self, src, src_name, resource, dst, metadata)
 
     async def copy_from(self, source: Backend, src_key: str, dst_key: str) -> ObjectInfo | None:
         """Server-side copy from another GCS store on the same endpoint; ``None`` when that is not possible
@@ -988,14 +1291,9 @@ class GCSBackend(Backend):
         if not isinstance(source, GCSBackend) or source.api_root != self.api_root:
             return None
         src_name, resource = await source._stat_for_read(src_key)
-        dst_name = self._name(dst_key)
-        encrypted = source._is_encrypted(resource)
-        if encrypted and source.sse_key != self.sse_key:
+        if source._is_encrypted(resource) and source.sse_key != self.sse_key:
             return None
-        result = await self._rewrite(source.bucket, src_name, dst_name,
-                                     source_headers=source._key_headers(encrypted, source=True),
-                                     dest_headers=self._key_headers(encrypted), metadata=None, key=src_key)
-        return self._info(result)
+        return await self._commit_rewrite(source, src_key, src_name, resource, dst_key, None)
 
     async def presign(self, key: str, expires: int = 3600) -> str:
         """A V4 signed URL (needs a service-account key); on an emulator its direct media URL."""
