@@ -149,6 +149,8 @@ class FaultProxy:
         self._stopped = True
         for rule in self.rules:
             rule.release.set()
+        with contextlib.suppress(OSError):  # wakes the accept() blocked in the proxy's thread
+            self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self._thread.join(timeout=5)
 

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import time
 import urllib.parse
 import urllib.request
@@ -619,10 +618,6 @@ async def behind_proxy(target: StoreTarget, emulator: str, **options: object
             yield proxy, backend
         finally:
             await backend.close()
-            # Wake the proxy's accept() now: FaultProxy.__exit__ only closes the listening socket, which does not
-            # interrupt an accept() blocked in another thread, so its join() would wait out its 5 s timeout.
-            with contextlib.suppress(OSError):
-                proxy.sock.shutdown(socket.SHUT_RDWR)
 
 
 def arm(proxy: FaultProxy, *rules: FaultRule) -> None:
