@@ -469,3 +469,34 @@ def test_the_command_uses_only_the_public_api() -> None:
     assert not re.search(r"\.backend\b", source)  # no store.backend
     for private in ("open_backend", "backends.s3", "backends.gcs", "backends.local", '"files/', '"jobs/'):
         assert private not in source, private
+
+
+def test_gcs_urls_and_a_copy_from_s3_to_gcs(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           s3: tuple[str, list[str]], moto_server: S3Server, gcs_emulator: str,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.gcs_servers import create_bucket, http
+
+    bucket, flags = s3
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator)
+    gs = f"gs://ajs-cli-{uuid.uuid4().hex[:12]}"
+    create_bucket(gcs_emulator, gs[5:])
+    try:
+        data = os.urandom(2 * MiB + 3)
+        (tmp_path / "g.bin").write_bytes(data)
+        assert run(capsys, "cp", str(tmp_path / "g.bin"), f"{gs}/in/")[0] == 0
+        assert run(capsys, "cp", f"{gs}/in/g.bin", str(tmp_path / "back"))[0] == 0
+        assert (tmp_path / "back").read_bytes() == data
+        with open_object_store(bucket, **moto_server.options()) as store:
+            store.put("from-s3", b"crossing services")
+        code, out, err = run(capsys, "cp", f"{bucket}/from-s3", f"{gs}/to-gcs", *flags)  # --endpoint-url: S3 only
+        assert code == 0, err
+        code, out, err = run(capsys, "cat", f"{gs}/to-gcs")
+        assert out == "crossing services"
+        write_tree(tmp_path / "tree", {"a": b"a", "b/c": b"bc"})
+        assert len(run(capsys, "sync", str(tmp_path / "tree"), f"{gs}/t/")[1].splitlines()) == 2
+        (tmp_path / "tree" / "a").touch()
+        assert run(capsys, "sync", str(tmp_path / "tree"), f"{gs}/t/")[1] == ""  # the checksums match
+        code, out, _ = run(capsys, "ls", f"{gs}/")
+        assert code == 0 and {line.split()[-1] for line in out.splitlines()} == {"in/", "t/", "to-gcs"}
+    finally:
+        http("GET", f"{gcs_emulator}/wipe")
