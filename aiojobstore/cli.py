@@ -1462,12 +1462,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_progress_options(sync)
     _add_transfer_options(sync)
     _add_s3_options(sync, encryption=True)
-    _add_local_options(sync)
 
     ls = command("ls", cmd_ls, "list objects, or a job store's jobs, files and shared files",
                  "List objects under a URL (s3://bucket/prefix/; 'PRE dir/' for each folder unless --recursive), "
                  "or a job store: LOCATOR lists everything, LOCATOR::PREFIX the files whose ID starts with PREFIX, "
-                 "LOCATOR::shared/PREFIX the shared files.")
+                 "LOCATOR::shared/PREFIX the shared files. A job store on S3 is s3://bucket/prefix:: here.")
     ls.add_argument("target", metavar="URL|LOCATOR[::PREFIX]")
     ls.add_argument("-r", "--recursive", action="store_true", help="objects: every key, not grouped by folder")
     ls.add_argument("--summarize", action="store_true", help="objects: print the count and total size")

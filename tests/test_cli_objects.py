@@ -500,3 +500,20 @@ def test_gcs_urls_and_a_copy_from_s3_to_gcs(tmp_path: Path, capsys: pytest.Captu
         assert code == 0 and {line.split()[-1] for line in out.splitlines()} == {"in/", "t/", "to-gcs"}
     finally:
         http("GET", f"{gcs_emulator}/wipe")
+
+
+def test_a_job_store_on_s3_is_listed_with_colons_and_its_objects_without(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], s3: tuple[str, list[str]]) -> None:
+    bucket, flags = s3
+    locator = f"{bucket}/js"
+    assert run(capsys, "init", locator, *flags)[0] == 0
+    (tmp_path / "f.txt").write_bytes(b"in a job store on S3")
+    code, out, err = run(capsys, "cp", str(tmp_path / "f.txt"), f"{locator}::", *flags)
+    assert code == 0, err
+    file_id = out.strip()
+    code, out, _ = run(capsys, "ls", f"{locator}::", *flags)
+    assert code == 0 and "files (1, 20 bytes):" in out and file_id in out
+    code, out, _ = run(capsys, "ls", f"{bucket}/", *flags)
+    assert out.split() == ["PRE", "js/"]
+    code, out, _ = run(capsys, "cat", f"{locator}::{file_id}", *flags)
+    assert out == "in a job store on S3"
