@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import uuid
@@ -158,7 +159,7 @@ def test_ls_stat_and_status_show_jobs_files_and_sizes(tmp_path: Path, capsys: py
     assert f"{root.id}  v1  root-job  (root)" in out
     assert "worker-job" in out
     assert "files (1, 12345 bytes):" in out
-    assert f"12345  {file_id}" in out
+    assert re.search(rf"12345  \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d  {re.escape(file_id)}\n", out)
     assert "shared (1):" in out and "shared/notes" in out
 
     code, out, _ = run(capsys, "ls", "--files", f"{locator}::n/")  # a prefix no file has
@@ -255,22 +256,20 @@ def test_destroy_with_yes_and_refusal_on_a_directory_that_is_not_a_store(
 
 def test_cp_to_a_memory_store_within_one_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     locator = f"memory:cli-{uuid.uuid4().hex}"
-    assert run(capsys, "init", locator)[0] == 0
     source = tmp_path / "m.bin"
     source.write_bytes(os.urandom(100_000))
-    code, out, _ = run(capsys, "cp", str(source), f"{locator}::")
+    code, out, _ = run(capsys, "cp", "--create", str(source), f"{locator}::")
     assert code == 0
     back = tmp_path / "m.out"
     assert run(capsys, "cp", f"{locator}::{out.strip()}", str(back))[0] == 0
     assert back.read_bytes() == source.read_bytes()
-    assert run(capsys, "init", locator)[0] == 1  # exists already
 
 
 @pytest.mark.parametrize("argv, message", [
     (["ls", "bogus://x"], "invalid job store locator 'bogus://x'"),
     (["cp", "/nonexistent/file.bin", "memory:x::"], "No such file or directory"),
     (["stat", "memory:never-made::n/00/x/y"], "no job store at 'memory:never-made'"),
-    (["init", "memory:opt", "--endpoint-url", "http://127.0.0.1:9"], "for the memory backend: endpoint_url"),
+    (["init", "/tmp/x", "--endpoint-url", "http://127.0.0.1:9"], "--endpoint-url is for s3:// locations"),
     (["cp", "-r", "memory:x::", "-"], "needs a destination directory"),
 ])
 def test_errors_are_one_line_without_traceback(argv: list[str], message: str) -> None:
@@ -308,8 +307,7 @@ def test_cp_imports_and_exports_file_urls_and_copies_between_stores(
     assert exported.read_bytes() == data
 
     other = f"memory:cli-{uuid.uuid4().hex}"
-    assert run(capsys, "init", other)[0] == 0
-    code, out, err = run(capsys, "cp", f"{locator}::{file_id}", f"{other}::")
+    code, out, err = run(capsys, "cp", "--create", f"{locator}::{file_id}", f"{other}::")
     assert code == 0, err
     copied_id = out.strip()
     assert copied_id != file_id and copied_id.endswith("/in.bin")
