@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from ._sync_generated import GeneratedJobStoreMethods, GeneratedObjectStoreMethods
 from .backends.base import ObjectInfo
 from .errors import JobStoreError
 from .inline import run_inline
@@ -243,18 +244,7 @@ def _call(owner: Any, name: str, func: Callable[[], Any]) -> Any:
     return run(name, func)
 
 
-def _blocking(name: str, cls: type = JobStore) -> Callable[..., Any]:
-    """A blocking method that runs the async method ``name`` of ``cls`` on the object's ``store``."""
-    async_method = getattr(cls, name)
-
-    @functools.wraps(async_method)
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return _call(self, name, functools.partial(getattr(self.store, name), *args, **kwargs))
-
-    return method
-
-
-class SyncJobStore:
+class SyncJobStore(GeneratedJobStoreMethods):
     """A :class:`~aiojobstore.jobstore.JobStore` whose methods block. Same method names and arguments."""
 
     def __init__(self, locator: str | os.PathLike[str], options: dict[str, Any]) -> None:
@@ -301,36 +291,15 @@ class SyncJobStore:
         if self._store is not None and self._pid == os.getpid():
             run("close", self._store.close)
 
-    initialize = _blocking("initialize")
-    resume = _blocking("resume")
-    destroy = _blocking("destroy")
-    write_config = _blocking("write_config")
-    load_job = _blocking("load_job")
-    update_job = _blocking("update_job")
-    delete_job = _blocking("delete_job")
-    job_exists = _blocking("job_exists")
-    set_root_job = _blocking("set_root_job")
-    load_root_job = _blocking("load_root_job")
-    write_file = _blocking("write_file")
-    get_empty_file_store_id = _blocking("get_empty_file_store_id")
-    update_file = _blocking("update_file")
-    read_file = _blocking("read_file")
-    delete_file = _blocking("delete_file")
-    file_exists = _blocking("file_exists")
-    get_file_size = _blocking("get_file_size")
-    shared_file_exists = _blocking("shared_file_exists")
-    write_logs = _blocking("write_logs")
-    read_logs = _blocking("read_logs")
-    write_leader_pid = _blocking("write_leader_pid")
-    read_leader_pid = _blocking("read_leader_pid")
-    write_kill_flag = _blocking("write_kill_flag")
-    read_kill_flag = _blocking("read_kill_flag")
-    import_file = _blocking("import_file")
-    export_file = _blocking("export_file")
-    get_public_url = _blocking("get_public_url")
-    get_shared_public_url = _blocking("get_shared_public_url")
-    summary = _blocking("summary")
-    clean = _blocking("clean")
+    def _call(self, name: str, func: Callable[[], Any]) -> Any:
+        return _call(self, name, func)
+
+    def _collect(self, name: str, func: Callable[[], Any]) -> builtins.list[Any]:
+        async def collect() -> builtins.list[Any]:
+            return [item async for item in func()]
+
+        return _call(self, name, collect)  # type: ignore[no-any-return]
+
 
     def assign_job_id(self, job: Job) -> str:
         """Give ``job`` a fresh ID (without writing it) and return the ID."""
@@ -423,7 +392,7 @@ def open_store(locator: str | os.PathLike[str], **options: Any) -> SyncJobStore:
     return SyncJobStore(locator, options)
 
 
-class SyncObjectStore:
+class SyncObjectStore(GeneratedObjectStoreMethods):
     """An :class:`~aiojobstore.objects.ObjectStore` whose methods block: same names, arguments and errors;
     streams are ordinary file objects, :meth:`list` returns a list."""
 
@@ -462,24 +431,15 @@ class SyncObjectStore:
         if self._store is not None and self._pid == os.getpid():
             run("close", self._store.close)
 
-    create = _blocking("create", ObjectStore)
-    exists = _blocking("exists", ObjectStore)
-    put = _blocking("put", ObjectStore)
-    get = _blocking("get", ObjectStore)
-    upload_file = _blocking("upload_file", ObjectStore)
-    download_file = _blocking("download_file", ObjectStore)
-    stat = _blocking("stat", ObjectStore)
-    delete = _blocking("delete", ObjectStore)
-    delete_many = _blocking("delete_many", ObjectStore)
-    copy = _blocking("copy", ObjectStore)
-    presign = _blocking("presign", ObjectStore)
+    def _call(self, name: str, func: Callable[[], Any]) -> Any:
+        return _call(self, name, func)
 
-    def list(self, prefix: str = "", *, metadata: bool = False) -> builtins.list[ObjectInfo]:
-        """Every object whose key starts with ``prefix`` (see :meth:`ObjectStore.list`)."""
-        async def collect() -> builtins.list[ObjectInfo]:
-            return [info async for info in self.store.list(prefix, metadata=metadata)]
+    def _collect(self, name: str, func: Callable[[], Any]) -> builtins.list[Any]:
+        async def collect() -> builtins.list[Any]:
+            return [item async for item in func()]
 
-        return run("list", collect)
+        return _call(self, name, collect)  # type: ignore[no-any-return]
+
 
     @contextmanager
     def open_reader(self, key: str, *, start: int = 0, end: int | None = None) -> Iterator[io.IOBase]:

@@ -165,3 +165,34 @@ def test_small_operations_on_file_run_inline_with_the_same_results(tmp_path):
         with pytest.raises(NoSuchJobError):
             store.load_job(job.id)
         assert not store.job_exists(job.id)
+
+
+def test_the_generated_facade_is_up_to_date_with_the_async_source():
+    """tools/gen_sync.py writes the facade's methods from JobStore and ObjectStore; a change to either without
+    rerunning it fails here."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, str(root / "tools" / "gen_sync.py"), "--check"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def test_every_public_async_method_has_a_blocking_twin_with_the_same_parameters():
+    import inspect
+
+    from aiojobstore import JobStore, ObjectStore
+    from aiojobstore.sync import SyncJobStore, SyncObjectStore
+
+    for async_cls, sync_cls in ((JobStore, SyncJobStore), (ObjectStore, SyncObjectStore)):
+        for name, member in inspect.getmembers(async_cls):
+            if name.startswith("_") or not callable(member):
+                continue
+            assert hasattr(sync_cls, name), f"{sync_cls.__name__} lacks {name}"
+            if name in ("batch",):
+                continue
+            async_params = list(inspect.signature(member).parameters)
+            sync_params = list(inspect.signature(getattr(sync_cls, name)).parameters)
+            assert async_params == sync_params, (name, async_params, sync_params)
