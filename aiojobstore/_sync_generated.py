@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import ObjectInfo
 from .jobstore import DEFAULT_DEBRIS_AGE, DEFAULT_LOG_LEASE, CleanReport, FileID, Job
@@ -20,6 +20,8 @@ if TYPE_CHECKING:
     from .jobstore import JobStore
     from .objects import ObjectStore
 
+T = TypeVar("T")
+
 
 class GeneratedJobStoreMethods:
     """Blocking methods generated from :class:`JobStore`."""
@@ -29,60 +31,60 @@ class GeneratedJobStoreMethods:
         """The async JobStore behind the facade."""
         raise NotImplementedError
 
-    def _call(self, name: str, func: Callable[[], Any]) -> Any:
+    def _call(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run the coroutine function ``func`` of the async method ``name`` and return its result."""
         raise NotImplementedError
 
-    def _collect(self, name: str, func: Callable[[], Any]) -> list[Any]:
+    def _collect(self, name: str, func: Callable[[], AsyncIterator[T]]) -> list[T]:
         """Run the async iterator function ``func`` of the method ``name``; return its items."""
         raise NotImplementedError
 
     def initialize(self, config: dict[str, Any] | None = None) -> None:
         """Create the store (and its directory or bucket). Raises :class:`JobStoreExistsError` if it exists."""
-        return self._call("initialize", functools.partial(self.store.initialize, config))  # type: ignore[no-any-return]
+        return self._call("initialize", functools.partial(self.store.initialize, config))
 
     def resume(self) -> None:
         """Open an existing store. Raises :class:`NoSuchJobStoreError` if it was never initialized."""
-        return self._call("resume", functools.partial(self.store.resume))  # type: ignore[no-any-return]
+        return self._call("resume", functools.partial(self.store.resume))
 
     def location_exists(self) -> bool:
         """Whether the location (directory, bucket) exists, whether or not it holds an initialized store."""
-        return self._call("location_exists", functools.partial(self.store.location_exists))  # type: ignore[no-any-return]
+        return self._call("location_exists", functools.partial(self.store.location_exists))
 
     def write_config(self) -> None:
         """Persist :attr:`config` (changed by the caller) atomically. Raises :class:`ConcurrentModificationError`
         when another process wrote the config since this object read it (the stored config is kept)."""
-        return self._call("write_config", functools.partial(self.store.write_config))  # type: ignore[no-any-return]
+        return self._call("write_config", functools.partial(self.store.write_config))
 
     def destroy(self) -> None:
         """Delete the store and everything in it. Idempotent; works on a damaged or never-created store."""
-        return self._call("destroy", functools.partial(self.store.destroy))  # type: ignore[no-any-return]
+        return self._call("destroy", functools.partial(self.store.destroy))
 
     def load_job(self, job_id: str) -> Job:
         """Read a job. Raises :class:`NoSuchJobError`."""
-        return self._call("load_job", functools.partial(self.store.load_job, job_id))  # type: ignore[no-any-return]
+        return self._call("load_job", functools.partial(self.store.load_job, job_id))
 
     def update_job(self, job: Job) -> None:
         """Replace a job atomically and bump ``job.version``. Raises :class:`ConcurrentModificationError` when
         the stored job is newer than ``job`` (someone else updated it since it was loaded) and
         :class:`NoSuchJobError` when it was deleted."""
-        return self._call("update_job", functools.partial(self.store.update_job, job))  # type: ignore[no-any-return]
+        return self._call("update_job", functools.partial(self.store.update_job, job))
 
     def delete_job(self, job_id: str) -> None:
         """Delete a job and the files written for it with ``cleanup=True``. Idempotent."""
-        return self._call("delete_job", functools.partial(self.store.delete_job, job_id))  # type: ignore[no-any-return]
+        return self._call("delete_job", functools.partial(self.store.delete_job, job_id))
 
     def job_exists(self, job_id: str) -> bool:
         """Whether a job with this ID is in the store."""
-        return self._call("job_exists", functools.partial(self.store.job_exists, job_id))  # type: ignore[no-any-return]
+        return self._call("job_exists", functools.partial(self.store.job_exists, job_id))
 
     def set_root_job(self, job_id: str) -> None:
         """Record which job is the workflow's root."""
-        return self._call("set_root_job", functools.partial(self.store.set_root_job, job_id))  # type: ignore[no-any-return]
+        return self._call("set_root_job", functools.partial(self.store.set_root_job, job_id))
 
     def load_root_job(self) -> Job:
         """Load the root job. Raises :class:`NoSuchJobError` if none is set or it was deleted."""
-        return self._call("load_root_job", functools.partial(self.store.load_root_job))  # type: ignore[no-any-return]
+        return self._call("load_root_job", functools.partial(self.store.load_root_job))
 
     def write_file(
         self,
@@ -98,7 +100,7 @@ class GeneratedJobStoreMethods:
         return self._call(
             "write_file",
             functools.partial(self.store.write_file, local_path, job_id, cleanup, hints=hints, progress=progress),
-        )  # type: ignore[no-any-return]
+        )
 
     def get_empty_file_store_id(
         self,
@@ -112,7 +114,7 @@ class GeneratedJobStoreMethods:
         return self._call(
             "get_empty_file_store_id",
             functools.partial(self.store.get_empty_file_store_id, job_id, cleanup, basename, hints=hints),
-        )  # type: ignore[no-any-return]
+        )
 
     def update_file(
         self, file_id: str, local_path: str | os.PathLike[str], *, progress: ProgressCallback | None = None
@@ -120,7 +122,7 @@ class GeneratedJobStoreMethods:
         """Replace a file's content with a local file, atomically. Raises :class:`NoSuchFileError`."""
         return self._call(
             "update_file", functools.partial(self.store.update_file, file_id, local_path, progress=progress)
-        )  # type: ignore[no-any-return]
+        )
 
     def read_file(
         self,
@@ -134,91 +136,91 @@ class GeneratedJobStoreMethods:
         ``symlink=True`` a local store may link to its own copy instead; never modify a linked file."""
         return self._call(
             "read_file", functools.partial(self.store.read_file, file_id, local_path, symlink, progress=progress)
-        )  # type: ignore[no-any-return]
+        )
 
     def delete_file(self, file_id: str) -> None:
         """Delete a file. Idempotent."""
-        return self._call("delete_file", functools.partial(self.store.delete_file, file_id))  # type: ignore[no-any-return]
+        return self._call("delete_file", functools.partial(self.store.delete_file, file_id))
 
     def file_exists(self, file_id: str) -> bool:
         """Whether the file is in the store."""
-        return self._call("file_exists", functools.partial(self.store.file_exists, file_id))  # type: ignore[no-any-return]
+        return self._call("file_exists", functools.partial(self.store.file_exists, file_id))
 
     def get_file_size(self, file_id: str) -> int:
         """The file's size in bytes. Raises :class:`NoSuchFileError`."""
-        return self._call("get_file_size", functools.partial(self.store.get_file_size, file_id))  # type: ignore[no-any-return]
+        return self._call("get_file_size", functools.partial(self.store.get_file_size, file_id))
 
     def stat_file(self, file_id: str) -> ObjectInfo:
         """A file's size, modification time, etag and metadata (``key`` is the file ID). Raises
         :class:`NoSuchFileError`."""
-        return self._call("stat_file", functools.partial(self.store.stat_file, file_id))  # type: ignore[no-any-return]
+        return self._call("stat_file", functools.partial(self.store.stat_file, file_id))
 
     def list_files(self, prefix: str = "") -> list[ObjectInfo]:
         """Every file whose ID starts with ``prefix``, in no promised order (``key`` is the file ID)."""
-        return self._collect("list_files", functools.partial(self.store.list_files, prefix))  # type: ignore[no-any-return]
+        return self._collect("list_files", functools.partial(self.store.list_files, prefix))
 
     def stat_shared_file(self, shared_file_name: str) -> ObjectInfo:
         """A shared file's info (``key`` is its name). Raises :class:`NoSuchFileError`."""
-        return self._call("stat_shared_file", functools.partial(self.store.stat_shared_file, shared_file_name))  # type: ignore[no-any-return]
+        return self._call("stat_shared_file", functools.partial(self.store.stat_shared_file, shared_file_name))
 
     def list_shared_files(self, prefix: str = "") -> list[ObjectInfo]:
         """Every shared file whose name starts with ``prefix`` (``key`` is the name)."""
-        return self._collect("list_shared_files", functools.partial(self.store.list_shared_files, prefix))  # type: ignore[no-any-return]
+        return self._collect("list_shared_files", functools.partial(self.store.list_shared_files, prefix))
 
     def delete_shared_file(self, shared_file_name: str) -> None:
         """Delete a shared file. Idempotent."""
-        return self._call("delete_shared_file", functools.partial(self.store.delete_shared_file, shared_file_name))  # type: ignore[no-any-return]
+        return self._call("delete_shared_file", functools.partial(self.store.delete_shared_file, shared_file_name))
 
     def shared_file_exists(self, shared_file_name: str) -> bool:
         """Whether a shared file of this name exists."""
-        return self._call("shared_file_exists", functools.partial(self.store.shared_file_exists, shared_file_name))  # type: ignore[no-any-return]
+        return self._call("shared_file_exists", functools.partial(self.store.shared_file_exists, shared_file_name))
 
     def write_logs(self, msg: str | bytes) -> None:
         """Store a log message for the leader to read once with :meth:`read_logs`."""
-        return self._call("write_logs", functools.partial(self.store.write_logs, msg))  # type: ignore[no-any-return]
+        return self._call("write_logs", functools.partial(self.store.write_logs, msg))
 
     def read_logs(
         self, callback: Callable[[bytes], Any], read_all: bool = False, *, lease: float = DEFAULT_LOG_LEASE
     ) -> int:
         """Call ``callback`` (function or coroutine function) with each unread log's bytes, oldest first, and
         mark them read; with ``read_all`` also the logs read before. Returns how many were passed on."""
-        return self._call("read_logs", functools.partial(self.store.read_logs, callback, read_all, lease=lease))  # type: ignore[no-any-return]
+        return self._call("read_logs", functools.partial(self.store.read_logs, callback, read_all, lease=lease))
 
     def write_leader_pid(self) -> None:
         """Record this process's PID as the leader's."""
-        return self._call("write_leader_pid", functools.partial(self.store.write_leader_pid))  # type: ignore[no-any-return]
+        return self._call("write_leader_pid", functools.partial(self.store.write_leader_pid))
 
     def read_leader_pid(self) -> int:
         """The leader's PID. Raises :class:`NoSuchFileError` if none was written."""
-        return self._call("read_leader_pid", functools.partial(self.store.read_leader_pid))  # type: ignore[no-any-return]
+        return self._call("read_leader_pid", functools.partial(self.store.read_leader_pid))
 
     def write_kill_flag(self, kill: bool = False) -> None:
         """Write the kill flag (``kill=True`` asks every worker to stop)."""
-        return self._call("write_kill_flag", functools.partial(self.store.write_kill_flag, kill))  # type: ignore[no-any-return]
+        return self._call("write_kill_flag", functools.partial(self.store.write_kill_flag, kill))
 
     def read_kill_flag(self) -> bool:
         """Whether the kill flag is set (``False`` when none was written)."""
-        return self._call("read_kill_flag", functools.partial(self.store.read_kill_flag))  # type: ignore[no-any-return]
+        return self._call("read_kill_flag", functools.partial(self.store.read_kill_flag))
 
     def import_file(self, src_url: str, shared_file_name: str | None = None) -> FileID | None:
         """Copy the object at ``src_url`` (file://, s3://, gs://, http(s)://) into the store. Returns its
         FileID, or ``None`` when it was stored as the shared file ``shared_file_name``."""
-        return self._call("import_file", functools.partial(self.store.import_file, src_url, shared_file_name))  # type: ignore[no-any-return]
+        return self._call("import_file", functools.partial(self.store.import_file, src_url, shared_file_name))
 
     def export_file(self, file_id: str, dst_url: str) -> None:
         """Copy a file out of the store to ``dst_url`` (file://, s3://, gs://); same-backend copies are
         server-side, others stream. The executable bit is kept."""
-        return self._call("export_file", functools.partial(self.store.export_file, file_id, dst_url))  # type: ignore[no-any-return]
+        return self._call("export_file", functools.partial(self.store.export_file, file_id, dst_url))
 
     def get_public_url(self, file_id: str) -> str:
         """A URL from which the file can be read without this library (presigned where the backend needs it)."""
-        return self._call("get_public_url", functools.partial(self.store.get_public_url, file_id))  # type: ignore[no-any-return]
+        return self._call("get_public_url", functools.partial(self.store.get_public_url, file_id))
 
     def get_shared_public_url(self, shared_file_name: str) -> str:
         """A URL from which the shared file can be read without this library."""
         return self._call(
             "get_shared_public_url", functools.partial(self.store.get_shared_public_url, shared_file_name)
-        )  # type: ignore[no-any-return]
+        )
 
     def clean(
         self, successors: Callable[[Job], Iterable[str]] | None = None, *, older_than: float = DEFAULT_DEBRIS_AGE
@@ -229,11 +231,11 @@ class GeneratedJobStoreMethods:
         than ``older_than`` seconds (default an hour, so that live writers are never touched): temp files on
         ``file:``, temporary parts on GCS, pending multipart uploads on S3, and log claims whose log is gone.
         Returns what was removed. Safe to run while the workflow runs only without ``successors``."""
-        return self._call("clean", functools.partial(self.store.clean, successors, older_than=older_than))  # type: ignore[no-any-return]
+        return self._call("clean", functools.partial(self.store.clean, successors, older_than=older_than))
 
     def summary(self) -> dict[str, int]:
         """Counts for ``aiojobstore status``: jobs, files, file bytes, shared files, unread logs."""
-        return self._call("summary", functools.partial(self.store.summary))  # type: ignore[no-any-return]
+        return self._call("summary", functools.partial(self.store.summary))
 
 
 class GeneratedObjectStoreMethods:
@@ -244,33 +246,33 @@ class GeneratedObjectStoreMethods:
         """The async ObjectStore behind the facade."""
         raise NotImplementedError
 
-    def _call(self, name: str, func: Callable[[], Any]) -> Any:
+    def _call(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run the coroutine function ``func`` of the async method ``name`` and return its result."""
         raise NotImplementedError
 
-    def _collect(self, name: str, func: Callable[[], Any]) -> list[Any]:
+    def _collect(self, name: str, func: Callable[[], AsyncIterator[T]]) -> list[T]:
         """Run the async iterator function ``func`` of the method ``name``; return its items."""
         raise NotImplementedError
 
     def create(self) -> bool:
         """Create the directory or bucket if it is missing; return whether this call created it."""
-        return self._call("create", functools.partial(self.store.create))  # type: ignore[no-any-return]
+        return self._call("create", functools.partial(self.store.create))
 
     def exists(self) -> bool:
         """Whether the directory or bucket exists."""
-        return self._call("exists", functools.partial(self.store.exists))  # type: ignore[no-any-return]
+        return self._call("exists", functools.partial(self.store.exists))
 
     def put(
         self, key: str, data: bytes, *, metadata: dict[str, str] | None = None, mode: PutMode = "overwrite"
     ) -> ObjectInfo:
         """Store ``data`` at ``key`` atomically. ``mode``: see :data:`PutMode` (``ConcurrentModificationError``
         when its condition fails, ``InvalidKeyError`` for a key this store cannot hold)."""
-        return self._call("put", functools.partial(self.store.put, key, data, metadata=metadata, mode=mode))  # type: ignore[no-any-return]
+        return self._call("put", functools.partial(self.store.put, key, data, metadata=metadata, mode=mode))
 
     def get(self, key: str, *, start: int = 0, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of an object (the whole object by default; a whole read is verified against its
         CRC32C where it has one). Raises ``NoSuchFileError``."""
-        return self._call("get", functools.partial(self.store.get, key, start=start, end=end))  # type: ignore[no-any-return]
+        return self._call("get", functools.partial(self.store.get, key, start=start, end=end))
 
     def upload_file(
         self,
@@ -284,36 +286,36 @@ class GeneratedObjectStoreMethods:
         called as bytes go out. Replaces ``key`` atomically."""
         return self._call(
             "upload_file", functools.partial(self.store.upload_file, path, key, metadata=metadata, progress=progress)
-        )  # type: ignore[no-any-return]
+        )
 
     def download_file(
         self, key: str, path: str | os.PathLike[str], *, progress: ProgressCallback | None = None
     ) -> ObjectInfo:
         """Write an object to a local file atomically (a temp file renamed into place, verified first). Raises
         ``NoSuchFileError``; on any error ``path`` is left as it was."""
-        return self._call("download_file", functools.partial(self.store.download_file, key, path, progress=progress))  # type: ignore[no-any-return]
+        return self._call("download_file", functools.partial(self.store.download_file, key, path, progress=progress))
 
     def stat(self, key: str) -> ObjectInfo | None:
         """Size, etag, modification time and metadata of an object, or ``None`` if there is none."""
-        return self._call("stat", functools.partial(self.store.stat, key))  # type: ignore[no-any-return]
+        return self._call("stat", functools.partial(self.store.stat, key))
 
     def list(self, prefix: str = "", *, metadata: bool = False) -> list[ObjectInfo]:
         """Every object whose key starts with ``prefix``, in no promised order. ``metadata=True`` also fetches each
         object's metadata (a request per object on S3)."""
-        return self._collect("list", functools.partial(self.store.list, prefix, metadata=metadata))  # type: ignore[no-any-return]
+        return self._collect("list", functools.partial(self.store.list, prefix, metadata=metadata))
 
     def delete(self, key: str) -> None:
         """Delete an object; a missing one is not an error."""
-        return self._call("delete", functools.partial(self.store.delete, key))  # type: ignore[no-any-return]
+        return self._call("delete", functools.partial(self.store.delete, key))
 
     def delete_many(self, keys: Iterable[str]) -> None:
         """Delete several objects (batched where the service allows; missing ones are ignored)."""
-        return self._call("delete_many", functools.partial(self.store.delete_many, keys))  # type: ignore[no-any-return]
+        return self._call("delete_many", functools.partial(self.store.delete_many, keys))
 
     def copy(self, src: str, dst: str, *, metadata: dict[str, str] | None = None) -> ObjectInfo:
         """Copy an object within this store, server-side where the service can; replaces ``dst`` atomically."""
-        return self._call("copy", functools.partial(self.store.copy, src, dst, metadata=metadata))  # type: ignore[no-any-return]
+        return self._call("copy", functools.partial(self.store.copy, src, dst, metadata=metadata))
 
     def presign(self, key: str, expires: int = 3600) -> str:
         """A URL that reads the object without this library for ``expires`` seconds (``file://`` on ``file:``)."""
-        return self._call("presign", functools.partial(self.store.presign, key, expires))  # type: ignore[no-any-return]
+        return self._call("presign", functools.partial(self.store.presign, key, expires))

@@ -151,4 +151,5 @@ def open_backend(locator: str | Locator, **options: Any) -> Backend:
         raise BackendUnavailableError(
             f"the {parsed.scheme} backend cannot be loaded ({error}); install aiojobstore with its dependencies"
         ) from error
-    return module.from_locator(parsed, **options)
+    backend: Backend = module.from_locator(parsed, **options)
+    return backend

@@ -16,7 +16,7 @@ import functools
 import io
 import os
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from typing import Any, TypeVar
 
@@ -96,7 +96,7 @@ class _LoopThread:
         with contextlib.suppress(Exception):
             portal.start_task_soon(portal.stop, True).result(timeout=30)
 
-    def call(self, func: Callable[..., Any], *args: Any) -> Any:
+    def call(self, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
         """Run ``func(*args)`` (a coroutine function) as a task on the loop and block until it is done.
 
         A lock handed from the loop back to the caller is ~4x cheaper than a concurrent.futures round trip.
@@ -106,10 +106,10 @@ class _LoopThread:
         assert loop is not None
         done_lock = threading.Lock()
         done_lock.acquire()
-        box: list[asyncio.Task[Any]] = []
+        box: list[asyncio.Task[T]] = []
 
         def start() -> None:
-            task = loop.create_task(func(*args))
+            task: asyncio.Task[T] = loop.create_task(func(*args))
             box.append(task)
             task.add_done_callback(lambda _task: done_lock.release())
 
@@ -144,7 +144,7 @@ def _check_caller(name: str) -> None:
         )
 
 
-def run(name: str, func: Callable[..., Any], *args: Any) -> Any:
+def run(name: str, func: Callable[..., Coroutine[Any, Any, T]], *args: Any) -> T:
     """Run a coroutine function on the loop thread and wait for its result."""
     _check_caller(name)
     return _LOOP.call(func, *args)
@@ -187,7 +187,8 @@ class _RawWriter(io.RawIOBase):
         return True
 
     def write(self, data: Any) -> int:
-        return run("write", self._writer.write, bytes(data))
+        written: int = run("write", self._writer.write, bytes(data))
+        return written
 
 
 def _reader_file(reader: Any, encoding: str | None, errors: str | None) -> io.IOBase:
@@ -235,7 +236,7 @@ _SMALL_OPERATIONS = frozenset({
 })
 
 
-def _call(owner: Any, name: str, func: Callable[[], Any]) -> Any:
+def _call(owner: Any, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run ``func()`` (a coroutine function of ``owner.store``): inline for a small operation of a backend that
     runs inline, else on the loop thread."""
     if name in _SMALL_OPERATIONS and owner.store.backend.runs_inline:
@@ -291,14 +292,14 @@ class SyncJobStore(GeneratedJobStoreMethods):
         if self._store is not None and self._pid == os.getpid():
             run("close", self._store.close)
 
-    def _call(self, name: str, func: Callable[[], Any]) -> Any:
+    def _call(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return _call(self, name, func)
 
-    def _collect(self, name: str, func: Callable[[], Any]) -> builtins.list[Any]:
-        async def collect() -> builtins.list[Any]:
+    def _collect(self, name: str, func: Callable[[], AsyncIterator[T]]) -> builtins.list[T]:
+        async def collect() -> builtins.list[T]:
             return [item async for item in func()]
 
-        return _call(self, name, collect)  # type: ignore[no-any-return]
+        return _call(self, name, collect)
 
 
     def assign_job_id(self, job: Job) -> str:
@@ -326,7 +327,8 @@ class SyncJobStore(GeneratedJobStoreMethods):
         if getattr(self._batch, "jobs", None) is not None:
             yield
             return
-        self._batch.jobs = pending = []
+        pending: list[Job] = []
+        self._batch.jobs = pending
         try:
             yield
         finally:
@@ -431,14 +433,14 @@ class SyncObjectStore(GeneratedObjectStoreMethods):
         if self._store is not None and self._pid == os.getpid():
             run("close", self._store.close)
 
-    def _call(self, name: str, func: Callable[[], Any]) -> Any:
+    def _call(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return _call(self, name, func)
 
-    def _collect(self, name: str, func: Callable[[], Any]) -> builtins.list[Any]:
-        async def collect() -> builtins.list[Any]:
+    def _collect(self, name: str, func: Callable[[], AsyncIterator[T]]) -> builtins.list[T]:
+        async def collect() -> builtins.list[T]:
             return [item async for item in func()]
 
-        return _call(self, name, collect)  # type: ignore[no-any-return]
+        return _call(self, name, collect)
 
 
     @contextmanager

@@ -929,7 +929,7 @@ class PartWindow:
         if self.error is not None:
             raise self.error
 
-    async def _run(self, scope: anyio.CancelScope, job: Callable[..., Awaitable[Any]], args: tuple) -> None:
+    async def _run(self, scope: anyio.CancelScope, job: Callable[..., Awaitable[Any]], args: tuple[Any, ...]) -> None:
         try:
             with scope:
                 await job(*args)

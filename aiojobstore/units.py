@@ -15,10 +15,10 @@ def parse_size(text: str | int) -> int:
     if isinstance(text, int) and not isinstance(text, bool):
         return text
     match = _SIZE.match(text) if isinstance(text, str) else None
-    if not match:
+    if not isinstance(text, str) or not match:
         raise ValueError(f"invalid size {text!r}: use bytes or a unit, e.g. 64MiB, 2GiB, 500MB")
     number, unit, binary = match.groups()
-    decimal = unit and not binary and text.strip().lower().endswith("b")
+    decimal = bool(unit) and not binary and text.strip().lower().endswith("b")
     base = 1000 if decimal else 1024
     return int(float(number) * base ** _UNITS[unit.lower()])
 

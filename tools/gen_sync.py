@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .backends.base import ObjectInfo
 from .jobstore import DEFAULT_DEBRIS_AGE, DEFAULT_LOG_LEASE, CleanReport, FileID, Job
@@ -50,6 +50,8 @@ from .transfer import ProgressCallback
 if TYPE_CHECKING:
     from .jobstore import JobStore
     from .objects import ObjectStore
+
+T = TypeVar("T")
 
 
 '''
@@ -78,10 +80,10 @@ def _methods(source: str, cls_name: str, mixin: str, skip: set[str]) -> str:
     out = [f"class {mixin}:", f'    """Blocking methods generated from :class:`{owner}`."""', "",
            "    @property", f"    def store(self) -> {owner}:",
            f'        """The async {owner} behind the facade."""', "        raise NotImplementedError", "",
-           "    def _call(self, name: str, func: Callable[[], Any]) -> Any:",
+           "    def _call(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:",
            '        """Run the coroutine function ``func`` of the async method ``name`` and return its result."""',
            "        raise NotImplementedError", "",
-           "    def _collect(self, name: str, func: Callable[[], Any]) -> list[Any]:",
+           "    def _collect(self, name: str, func: Callable[[], AsyncIterator[T]]) -> list[T]:",
            '        """Run the async iterator function ``func`` of the method ``name``; return its items."""',
            "        raise NotImplementedError", ""]
     for node in cls.body:
@@ -101,7 +103,7 @@ def _methods(source: str, cls_name: str, mixin: str, skip: set[str]) -> str:
             body = doc.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
             out.append('        """' + body.replace("\n", "\n        ") + '"""')
         helper = "_collect" if iterator else "_call"
-        out.append(f'        return self.{helper}("{node.name}", {call})  # type: ignore[no-any-return]')
+        out.append(f'        return self.{helper}("{node.name}", {call})')
         out.append("")
     return "\n".join(out)
 
