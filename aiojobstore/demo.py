@@ -232,7 +232,8 @@ class _Pipeline:
         job = await self.store.load_job(job_id)
         if job.data.get("state") != "done":
             raise JobStoreError(f"job {job.name} ({job_id}) was expected to be done but is {job.data.get('state')}")
-        return job.data["outputs"]
+        outputs: dict[str, Any] = job.data["outputs"]
+        return outputs
 
     async def base_block(self) -> bytes:
         """The run's random block that generated data is cut from (made once, in a thread)."""
@@ -386,7 +387,8 @@ class _Pipeline:
     async def run(self) -> tuple[int, int]:
         """Run the DAG as the store describes it; return (jobs run, logs read)."""
         root = await self.create_dag()
-        children = {job.id: job async for job in self.store.jobs() if job.id in root.data["children"]}
+        children = {job.id: job async for job in self.store.jobs() if job.id is not None
+                    and job.id in root.data["children"]}
         if len(children) != len(root.data["children"]):
             raise JobStoreError(f"the store lists {len(children)} of the {len(root.data['children'])} jobs written")
         self.done = {job_id: anyio.Event() for job_id in children}

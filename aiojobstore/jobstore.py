@@ -26,9 +26,9 @@ import stat as stat_module
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, overload
 from urllib.parse import unquote, urlparse
 
 import anyio
@@ -566,8 +566,34 @@ class JobStore:
                 yield text
                 await text.flush_encoder()
 
+    @overload
+    def write_file_stream(self, job_id: str | None = None, cleanup: bool = False, basename: str | None = None,
+                          encoding: None = None, errors: None = None, *, hints: Iterable[str] | None = None
+                          ) -> AbstractAsyncContextManager[tuple[AsyncWriter, FileID]]: ...
+    @overload
+    def write_file_stream(self, job_id: str | None = None, cleanup: bool = False, basename: str | None = None,
+                          *, encoding: str, errors: str | None = None, hints: Iterable[str] | None = None
+                          ) -> AbstractAsyncContextManager[tuple[TextWriter, FileID]]: ...
+    @overload
+    def write_file_stream(self, job_id: str | None, cleanup: bool, basename: str | None, encoding: str,
+                          errors: str | None = None, *, hints: Iterable[str] | None = None
+                          ) -> AbstractAsyncContextManager[tuple[TextWriter, FileID]]: ...
+    @overload
+    def write_file_stream(self, job_id: str | None = None, cleanup: bool = False, basename: str | None = None,
+                          encoding: str | None = None, errors: str | None = None, *,
+                          hints: Iterable[str] | None = None
+                          ) -> AbstractAsyncContextManager[tuple[AsyncWriter | TextWriter, FileID]]: ...
+    def write_file_stream(self, job_id: str | None = None, cleanup: bool = False, basename: str | None = None,
+                          encoding: str | None = None, errors: str | None = None, *,
+                          hints: Iterable[str] | None = None
+                          ) -> AbstractAsyncContextManager[tuple[AsyncWriter | TextWriter, FileID]]:
+        """``async with`` it for ``(writer, file_id)`` of a new file (a text writer when ``encoding`` is given);
+        the file exists once the block exits cleanly, and not at all if the block raises or is cancelled.
+        ``file_id.size`` is set when the block exits. With ``hints`` the ID contains them (see write_file)."""
+        return self._write_file_stream(job_id, cleanup, basename, encoding, errors, hints=hints)
+
     @asynccontextmanager
-    async def write_file_stream(self, job_id: str | None = None, cleanup: bool = False, basename: str | None = None,
+    async def _write_file_stream(self, job_id: str | None = None, cleanup: bool = False, basename: str | None = None,
                                 encoding: str | None = None, errors: str | None = None, *,
                                 hints: Iterable[str] | None = None
                                 ) -> AsyncIterator[tuple[AsyncWriter | TextWriter, FileID]]:
@@ -607,8 +633,23 @@ class JobStore:
         if isinstance(file_id, FileID):
             file_id.size, file_id.executable = info.size, executable
 
+    @overload
+    def update_file_stream(self, file_id: str, encoding: None = None,
+                           errors: None = None) -> AbstractAsyncContextManager[AsyncWriter]: ...
+    @overload
+    def update_file_stream(self, file_id: str, encoding: str, errors: str | None = None
+    ) -> AbstractAsyncContextManager[TextWriter]: ...
+    @overload
+    def update_file_stream(self, file_id: str, encoding: str | None = None,
+                           errors: str | None = None) -> AbstractAsyncContextManager[AsyncWriter | TextWriter]: ...
+    def update_file_stream(self, file_id: str, encoding: str | None = None,
+                           errors: str | None = None) -> AbstractAsyncContextManager[AsyncWriter | TextWriter]:
+        """``async with`` it for a writer that replaces a file's content when the block exits cleanly; if the
+        block raises, the old content stays. Raises :class:`NoSuchFileError`."""
+        return self._update_file_stream(file_id, encoding, errors)
+
     @asynccontextmanager
-    async def update_file_stream(self, file_id: str, encoding: str | None = None,
+    async def _update_file_stream(self, file_id: str, encoding: str | None = None,
                                  errors: str | None = None) -> AsyncIterator[AsyncWriter | TextWriter]:
         """Yield a writer that replaces a file's content when the block exits cleanly; if the block raises,
         the old content stays. Raises :class:`NoSuchFileError`."""
@@ -645,8 +686,24 @@ class JobStore:
             raise NoSuchFileError(file_id) from None
         await anyio.to_thread.run_sync(_set_executable, local_path, info.metadata.get(META_EXECUTABLE) == "1")
 
+    @overload
+    def read_file_stream(self, file_id: str, encoding: None = None, errors: None = None
+    ) -> AbstractAsyncContextManager[AsyncReader]: ...
+    @overload
+    def read_file_stream(self, file_id: str, encoding: str, errors: str | None = None
+    ) -> AbstractAsyncContextManager[TextReader]: ...
+    @overload
+    def read_file_stream(self, file_id: str, encoding: str | None = None,
+                         errors: str | None = None) -> AbstractAsyncContextManager[AsyncReader | TextReader]: ...
+    def read_file_stream(self, file_id: str, encoding: str | None = None,
+                         errors: str | None = None) -> AbstractAsyncContextManager[AsyncReader | TextReader]:
+        """``async with`` it for a reader over a file's content (text when ``encoding`` is given). Read to its
+        end, the content is verified against its CRC32C; a stream stopped early is not. Raises
+        :class:`NoSuchFileError`."""
+        return self._read_file_stream(file_id, encoding, errors)
+
     @asynccontextmanager
-    async def read_file_stream(self, file_id: str, encoding: str | None = None,
+    async def _read_file_stream(self, file_id: str, encoding: str | None = None,
                                errors: str | None = None) -> AsyncIterator[AsyncReader | TextReader]:
         """Yield a reader over a file's content (text when ``encoding`` is given). Raises NoSuchFileError."""
         self._require_ready()
@@ -715,8 +772,29 @@ class JobStore:
         await self.backend.delete(shared_key(shared_file_name))
 
 
+    @overload
+    def write_shared_file_stream(self, shared_file_name: str, encrypted: bool | None = None, encoding: None = None,
+                                 errors: None = None) -> AbstractAsyncContextManager[AsyncWriter]: ...
+    @overload
+    def write_shared_file_stream(self, shared_file_name: str, encrypted: bool | None = None, *, encoding: str,
+                                 errors: str | None = None) -> AbstractAsyncContextManager[TextWriter]: ...
+    @overload
+    def write_shared_file_stream(self, shared_file_name: str, encrypted: bool | None, encoding: str,
+                                 errors: str | None = None) -> AbstractAsyncContextManager[TextWriter]: ...
+    @overload
+    def write_shared_file_stream(self, shared_file_name: str, encrypted: bool | None = None,
+                                 encoding: str | None = None,
+                                 errors: str | None = None
+                                 ) -> AbstractAsyncContextManager[AsyncWriter | TextWriter]: ...
+    def write_shared_file_stream(self, shared_file_name: str, encrypted: bool | None = None,
+                                 encoding: str | None = None,
+                                 errors: str | None = None) -> AbstractAsyncContextManager[AsyncWriter | TextWriter]:
+        """``async with`` it for a writer of a shared file (replaced atomically on clean exit). ``encrypted=None``
+        encrypts when the store has a key; ``True`` requires one (:class:`EncryptionKeyError` otherwise)."""
+        return self._write_shared_file_stream(shared_file_name, encrypted, encoding, errors)
+
     @asynccontextmanager
-    async def write_shared_file_stream(self, shared_file_name: str, encrypted: bool | None = None,
+    async def _write_shared_file_stream(self, shared_file_name: str, encrypted: bool | None = None,
                                        encoding: str | None = None, errors: str | None = None
                                        ) -> AsyncIterator[AsyncWriter | TextWriter]:
         """Yield a writer for a shared file (replaced atomically on clean exit). ``encrypted=None`` encrypts
@@ -727,8 +805,23 @@ class JobStore:
         async with self._writer(key, encoding=encoding, errors=errors, encrypted=encrypt) as writer:
             yield writer
 
+    @overload
+    def read_shared_file_stream(self, shared_file_name: str, encoding: None = None,
+                                errors: None = None) -> AbstractAsyncContextManager[AsyncReader]: ...
+    @overload
+    def read_shared_file_stream(self, shared_file_name: str, encoding: str,
+                                errors: str | None = None) -> AbstractAsyncContextManager[TextReader]: ...
+    @overload
+    def read_shared_file_stream(self, shared_file_name: str, encoding: str | None = None,
+                                errors: str | None = None) -> AbstractAsyncContextManager[AsyncReader | TextReader]: ...
+    def read_shared_file_stream(self, shared_file_name: str, encoding: str | None = None,
+                                errors: str | None = None) -> AbstractAsyncContextManager[AsyncReader | TextReader]:
+        """``async with`` it for a reader over a shared file. Raises :class:`NoSuchFileError`, or
+        :class:`EncryptionKeyError` when it is encrypted and the store's key is missing or wrong."""
+        return self._read_shared_file_stream(shared_file_name, encoding, errors)
+
     @asynccontextmanager
-    async def read_shared_file_stream(self, shared_file_name: str, encoding: str | None = None,
+    async def _read_shared_file_stream(self, shared_file_name: str, encoding: str | None = None,
                                       errors: str | None = None) -> AsyncIterator[AsyncReader | TextReader]:
         """Yield a reader over a shared file. Raises :class:`NoSuchFileError`, or :class:`EncryptionKeyError`
         when it is encrypted and the store's key is missing or wrong."""
