@@ -130,12 +130,13 @@ class GeneratedJobStoreMethods:
         local_path: str | os.PathLike[str],
         symlink: bool = False,
         *,
+        link: bool = False,
         progress: ProgressCallback | None = None,
     ) -> None:
-        """Copy a file out of the store to ``local_path`` (atomically), restoring its executable bit. With
-        ``symlink=True`` a local store may link to its own copy instead; never modify a linked file."""
+        """Copy a file out of the store to ``local_path`` (atomically), restoring its executable bit."""
         return self._call(
-            "read_file", functools.partial(self.store.read_file, file_id, local_path, symlink, progress=progress)
+            "read_file",
+            functools.partial(self.store.read_file, file_id, local_path, symlink, link=link, progress=progress),
         )
 
     def delete_file(self, file_id: str) -> None:

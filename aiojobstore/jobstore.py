@@ -662,12 +662,23 @@ class JobStore:
             file_id.size = writer.bytes_written
 
     async def read_file(self, file_id: str, local_path: str | os.PathLike[str], symlink: bool = False, *,
-                        progress: ProgressCallback | None = None) -> None:
-        """Copy a file out of the store to ``local_path`` (atomically), restoring its executable bit. With
-        ``symlink=True`` a local store may link to its own copy instead; never modify a linked file."""
+                        link: bool = False, progress: ProgressCallback | None = None) -> None:
+        """Copy a file out of the store to ``local_path`` (atomically), restoring its executable bit.
+
+        By default ``local_path`` is a private copy (verified against the file's CRC32C). With ``link=True`` the
+        caller promises not to modify it, and a ``file:`` store hands back the stored file itself where it can —
+        a reflink (copy-on-write: btrfs, XFS), else a hard link when the file is not executable — which costs no
+        copy and is not verified; elsewhere it copies. With ``symlink=True`` a ``file:`` store may instead make
+        ``local_path`` a symbolic link to its copy (not for executable files, whose bit a link cannot carry)."""
         self._require_ready()
         key = file_key(file_id)
         local_path = os.fspath(local_path)
+        if link:
+            info = await self.backend.stat(key)
+            if info is None:
+                raise NoSuchFileError(file_id)
+            if await self.backend.link_file(key, local_path, executable=info.metadata.get(META_EXECUTABLE) == "1"):
+                return
         source = self.backend.local_path(key)
         if symlink and source is not None:
             info = await self.backend.stat(key)

@@ -426,9 +426,11 @@ class DownloadTarget:
 
 
 def _create_beside(target: str) -> tuple[int, str]:
-    """A new, uniquely named hidden file in ``target``'s directory, with the mode a plain ``open(target, "w")``
-    would give (0666 less the umask; ``mkstemp`` would make it 0600)."""
+    """A new, uniquely named hidden file in ``target``'s directory (made if missing, as every backend does), with
+    the mode a plain ``open(target, "w")`` would give (0666 less the umask; ``mkstemp`` would make it 0600)."""
     directory, name = os.path.split(target)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
     while True:
         temp = os.path.join(directory or ".", f".{name}.{os.urandom(6).hex()}.part")
         try:

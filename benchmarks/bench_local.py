@@ -49,6 +49,8 @@ OPS = ("create", "update", "load", "delete")
 DURABILITY = {
     "aiojobstore (fsync)": "every write: temp file fsynced, renamed, directory fsynced (survives power loss)",
     "aiojobstore (no fsync)": "open_store(..., fsync=False): temp file + rename, atomic but not durable on crash",
+    "read link=True": "read_file(..., link=True): a reflink (btrfs, XFS) or a hard link to the stored file (ext4), "
+                      "not copied, not verified; executable files are copied on ext4",
     "shutil.copyfile": "no fsync, not atomic (a crash can leave a partial file)",
     "shutil.copyfile + fsync": "fsync of the copy, not atomic",
     "toil FileJobStore": "temp file + rename (atomic), no fsync (not durable on crash); read_file hard-links "
@@ -153,8 +155,9 @@ def bench_copyfile(source: str, workdir: str, fsync: bool) -> float:
     return elapsed
 
 
-async def bench_store_file(source: str, workdir: str, fsync: bool) -> tuple[float, float]:
-    """Seconds for write_file and for read_file of ``source`` through a fresh file: store."""
+async def bench_store_file(source: str, workdir: str, fsync: bool, link: bool = False) -> tuple[float, float]:
+    """Seconds for write_file and for read_file of ``source`` through a fresh file: store (``link``: read_file
+    with ``link=True``, a reflink or hard link where the filesystem allows)."""
     root = os.path.join(workdir, "ajs-store")
     target = os.path.join(workdir, "ajs-read.out")
     async with aiojobstore.open_store("file:" + root, fsync=fsync) as store:
@@ -166,7 +169,7 @@ async def bench_store_file(source: str, workdir: str, fsync: bool) -> tuple[floa
             write_s = time.perf_counter() - started
             await settle_async()
             started = time.perf_counter()
-            await store.read_file(file_id, target)
+            await store.read_file(file_id, target, link=link)
             read_s = time.perf_counter() - started
             if os.path.getsize(target) != os.path.getsize(source):
                 raise SystemExit("read_file returned the wrong size")
@@ -349,9 +352,10 @@ def main(argv: list[str] | None = None) -> int:
                 label = "shutil.copyfile + fsync" if fsync else "shutil.copyfile"
                 seconds = median([bench_copyfile(source, workdir, fsync) for _ in range(args.repeat)])
                 files[label] = {"write_mb_s": mb / seconds, "read_mb_s": mb / seconds}
-            for fsync in (True, False):
-                label = "aiojobstore (fsync)" if fsync else "aiojobstore (no fsync)"
-                runs = [asyncio.run(bench_store_file(source, workdir, fsync)) for _ in range(args.repeat)]
+            for fsync, link in ((True, False), (False, False), (True, True), (False, True)):
+                label = ("aiojobstore (fsync)" if fsync else "aiojobstore (no fsync)") + (", read link=True" if link
+                                                                                      else "")
+                runs = [asyncio.run(bench_store_file(source, workdir, fsync, link)) for _ in range(args.repeat)]
                 files[label] = {"write_mb_s": mb / median([w for w, _ in runs]),
                                 "read_mb_s": mb / median([r for _, r in runs])}
             toil_runs = [run_toil(toil_python, "file", workdir, source, 0) for _ in range(args.repeat)]

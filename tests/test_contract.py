@@ -699,3 +699,24 @@ async def test_hinted_file_ids_carry_the_hints_and_are_never_reused(store, other
     async with store.write_file_stream(hints=["stream"], basename="s.bin") as (writer, stream_id):
         await writer.write(b"s")
     assert "stream" in stream_id and await other.get_file_size(stream_id) == 1
+
+
+async def test_read_file_with_link_gives_the_content_and_the_executable_bit(store, tmp_path):
+    """link=True: no copy where the backend can (a reflink or hard link on file:), a copy elsewhere; either way the
+    content and the executable bit are right, and an update of the stored file leaves the read one as it was."""
+    plain, tool = tmp_path / "plain.txt", tmp_path / "tool.sh"
+    plain.write_bytes(b"plain")
+    tool.write_bytes(b"#!/bin/sh\n")
+    tool.chmod(0o755)
+    plain_id, tool_id = await store.write_file(plain), await store.write_file(tool)
+    out_plain, out_tool = tmp_path / "a" / "plain.txt", tmp_path / "a" / "tool.sh"
+    await store.read_file(plain_id, out_plain, link=True)
+    await store.read_file(tool_id, out_tool, link=True)
+    assert out_plain.read_bytes() == b"plain" and out_tool.read_bytes() == b"#!/bin/sh\n"
+    assert os.stat(out_tool).st_mode & 0o100 and not os.stat(out_plain).st_mode & 0o100
+    replacement = tmp_path / "new.txt"
+    replacement.write_bytes(b"changed")
+    await store.update_file(plain_id, replacement)
+    assert out_plain.read_bytes() == b"plain"
+    await store.read_file(plain_id, out_plain, link=True)  # replaces the earlier read atomically
+    assert out_plain.read_bytes() == b"changed"

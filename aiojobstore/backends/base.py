@@ -258,6 +258,11 @@ class Backend(ABC):
         backends cannot (the caller then streams the bytes)."""
         return None
 
+    async def link_file(self, key: str, path: str | PathLike[str], *, executable: bool) -> ObjectInfo | None:
+        """Place ``key`` at ``path`` without copying its bytes (a reflink, or a hard link) where this backend can,
+        with the executable bit ``executable``; ``None`` where it cannot (the caller then copies)."""
+        return None
+
     def local_path(self, key: str) -> str | None:
         """The local file that holds ``key``, for backends that keep objects as files (else ``None``)."""
         return None
