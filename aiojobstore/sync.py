@@ -34,6 +34,7 @@ from .objects import copy as _async_copy
 from .objects import open_object_store as _open_async_object_store
 
 T = TypeVar("T")
+F = TypeVar("F", bound="_Facade")
 
 STREAM_BUFFER_SIZE = 1 << 20
 
@@ -245,7 +246,34 @@ def _call(owner: Any, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> 
     return run(name, func)
 
 
-class SyncJobStore(GeneratedJobStoreMethods):
+class _Facade:
+    """What both blocking facades share: the context manager, close, and how a call reaches the async store."""
+
+    _store: Any
+    _pid: int
+
+    def __enter__(self: F) -> F:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the store's connections."""
+        if self._store is not None and self._pid == os.getpid():
+            run("close", self._store.close)
+
+    def _call(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
+        return _call(self, name, func)
+
+    def _collect(self, name: str, func: Callable[[], AsyncIterator[T]]) -> builtins.list[T]:
+        async def collect() -> builtins.list[T]:
+            return [item async for item in func()]
+
+        return _call(self, name, collect)
+
+
+class SyncJobStore(_Facade, GeneratedJobStoreMethods):
     """A :class:`~aiojobstore.jobstore.JobStore` whose methods block. Same method names and arguments."""
 
     def __init__(self, locator: str | os.PathLike[str], options: dict[str, Any]) -> None:
@@ -281,25 +309,6 @@ class SyncJobStore(GeneratedJobStoreMethods):
     def __repr__(self) -> str:
         return f"<SyncJobStore {self.locator}>"
 
-    def __enter__(self) -> SyncJobStore:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Release the backend's connections."""
-        if self._store is not None and self._pid == os.getpid():
-            run("close", self._store.close)
-
-    def _call(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        return _call(self, name, func)
-
-    def _collect(self, name: str, func: Callable[[], AsyncIterator[T]]) -> builtins.list[T]:
-        async def collect() -> builtins.list[T]:
-            return [item async for item in func()]
-
-        return _call(self, name, collect)
 
 
     def assign_job_id(self, job: Job) -> str:
@@ -394,7 +403,7 @@ def open_store(locator: str | os.PathLike[str], **options: Any) -> SyncJobStore:
     return SyncJobStore(locator, options)
 
 
-class SyncObjectStore(GeneratedObjectStoreMethods):
+class SyncObjectStore(_Facade, GeneratedObjectStoreMethods):
     """An :class:`~aiojobstore.objects.ObjectStore` whose methods block: same names, arguments and errors;
     streams are ordinary file objects, :meth:`list` returns a list."""
 
@@ -422,25 +431,6 @@ class SyncObjectStore(GeneratedObjectStoreMethods):
     def __repr__(self) -> str:
         return f"<SyncObjectStore {self._url}>"
 
-    def __enter__(self) -> SyncObjectStore:
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Release connections."""
-        if self._store is not None and self._pid == os.getpid():
-            run("close", self._store.close)
-
-    def _call(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
-        return _call(self, name, func)
-
-    def _collect(self, name: str, func: Callable[[], AsyncIterator[T]]) -> builtins.list[T]:
-        async def collect() -> builtins.list[T]:
-            return [item async for item in func()]
-
-        return _call(self, name, collect)
 
 
     @contextmanager
