@@ -61,8 +61,9 @@ Retries and write tokens: every object is written with a fresh per-call token in
 conditional PutObject or CompleteMultipartUpload (or the checksum-recording copy) whose retry is refused (412,
 409, no such upload) after an earlier attempt's answer was lost HEADs the object: if it carries the call's token,
 that attempt was applied and the write succeeded; it is never reported as a conflict with itself nor applied
-twice. A CreateMultipartUpload retried after a lost answer lists the key's pending uploads and aborts the ones
-initiated during the call other than its own.
+twice. A multipart upload lists the key's pending uploads before its CreateMultipartUpload; a create retried
+after a lost answer lists them again and aborts the new ones other than its own (ListMultipartUploads shows no
+metadata, and moto's ``Initiated`` dates are fixed, so uploads are told apart by ID).
 
 Commits and cancellation: each write's commit (the PutObject, CompleteMultipartUpload and the CRC-recording
 copy, CopyObject) runs to completion in a task of its own (:func:`aiojobstore.commit.commit_or_roll_back`). A
@@ -176,8 +177,6 @@ _RESERVED_PREFIXES = (CREATED_BUCKET_MARKER, ".aiojobstore-conditional-probe", _
 _KEEP_IN_MEMORY = 8 * MiB
 #: Rounds of "create, else capture and replace" an unconditional put tries against other writers.
 _MAX_OVERWRITE_TRIES = 8
-#: Slack (seconds) when matching ListMultipartUploads' Initiated times to a create's own attempts.
-_CLOCK_MARGIN = 2.0
 CONDITIONAL_WRITES = ("require", "unsafe-fallback")
 MAX_COPY_OBJECT = 5 * 1024 * MiB
 _READ_RANGE = 8 * MiB
@@ -831,6 +830,7 @@ class S3Backend(Backend):
             return _Previous(existed=False)
         response, sse = head
         etag = response.get("ETag")
+        token = response.get("Metadata", {}).get(META_WRITE_TOKEN)
         if if_match is not None and _bare(etag) != _bare(if_match):
             raise ConcurrentModificationError(f"{key!r} changed (or was created) by someone else since it was read")
         size = int(response.get("ContentLength", 0))
@@ -843,7 +843,8 @@ class S3Backend(Backend):
                 return _Previous(existed=True, etag=etag, restorable=False)
             if info is None or (if_match is not None and _bare(info.etag) != _bare(if_match)):
                 raise ConcurrentModificationError(f"{key!r} changed (or was deleted) while this write read it")
-            return _Previous(existed=True, etag=info.etag, data=data, metadata=info.metadata, encrypted=bool(sse))
+            return _Previous(existed=True, etag=info.etag, data=data, metadata=info.metadata, encrypted=bool(sse),
+                             token=info.metadata.get(META_WRITE_TOKEN))
         if size <= MAX_COPY_OBJECT:
             backup = _BACKUP_PREFIX + new_write_token()
             copy_sse = {"CopySourceSSECustomerAlgorithm": "AES256",
@@ -852,13 +853,13 @@ class S3Backend(Backend):
                 await self._request("copy_object", key=backup, Bucket=self.bucket, Key=self._full(backup),
                                     CopySource={"Bucket": self.bucket, "Key": self._full(key)},
                                     CopySourceIfMatch=etag, MetadataDirective="COPY", **sse, **copy_sse)
-                return _Previous(existed=True, etag=etag, backup_key=backup, encrypted=bool(sse))
+                return _Previous(existed=True, etag=etag, backup_key=backup, encrypted=bool(sse), token=token)
             except ConcurrentModificationError:
                 raise
             except JobStoreError as error:  # Ceph RGW 16 cannot copy SSE-C objects server-side
                 log.warning("S3 %s: cannot back %r up before replacing it (%s); a cancellation while it is "
                             "replaced cannot restore it", self.describe(), key, error)
-        return _Previous(existed=True, etag=etag, encrypted=bool(sse), restorable=False)
+        return _Previous(existed=True, etag=etag, encrypted=bool(sse), restorable=False, token=token)
 
     async def _head_for_capture(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The raw HEAD of ``key`` and the SSE-C parameters its reads need (``None`` when missing)."""
@@ -935,7 +936,7 @@ class S3Backend(Backend):
         return {"ChecksumCRC32C": crc32c_to_b64(crc)} if self._send_checksums else {}
 
     async def _send_put(self, key: str, body: Callable[[], Any], length: int, crc: int, meta: dict[str, str],
-                        encrypted: bool, condition: dict[str, str]) -> ObjectInfo:
+                        encrypted: bool, condition: dict[str, str], *, check_own: bool = True) -> ObjectInfo:
         """One PutObject, retried. The one place (for botocore's requests and the direct ones alike) where a
         conditional put whose retry is refused (412/409) checks whether the refusal is of its own first attempt,
         applied though its answer was lost: then the object carries this call's token and the put succeeded."""
@@ -946,7 +947,9 @@ class S3Backend(Backend):
                               "Metadata": meta, **self._checksum_param(crc), **self._sse(encrypted), **condition},
                 tries=tries)
         except ConcurrentModificationError:
-            own = await self._own_write(key, meta, encrypted) if tries[0] > 1 else None
+            # Retries happen below this counter too (aiohttp repeats an idempotent request whose connection
+            # closed), so every refusal is checked, unless the caller checks the object itself (check_own).
+            own = await self._own_write(key, meta, encrypted) if check_own or tries[0] > 1 else None
             if own is None:
                 raise
             return own
@@ -962,8 +965,9 @@ class S3Backend(Backend):
         honoured = await self._conditions_honoured(required=if_absent or if_match is not None)
         body_factory = body if callable(body) else (lambda: body)
 
-        async def send(condition: dict[str, str]) -> ObjectInfo:
-            return await self._send_put(key, body_factory, length, crc, meta, encrypted, condition)
+        async def send(condition: dict[str, str], check_own: bool = True) -> ObjectInfo:
+            return await self._send_put(key, body_factory, length, crc, meta, encrypted, condition,
+                                        check_own=check_own)
 
         async def replace(prev: _Previous, condition: dict[str, str]) -> tuple[ObjectInfo, _Previous]:
             try:
@@ -987,13 +991,17 @@ class S3Backend(Backend):
                 return await replace(await self._capture(key), {})
             for _ in range(_MAX_OVERWRITE_TRIES):
                 with contextlib.suppress(ConcurrentModificationError):  # the key exists: replace it
-                    return await send(self._condition_params(True, None)), _Previous(existed=False)
+                    return await send(self._condition_params(True, None), False), _Previous(existed=False)
                 try:
                     prev = await self._capture(key)
                 except ConcurrentModificationError:
                     continue  # replaced or deleted while it was read: start again
                 if not prev.existed:
                     continue  # deleted meanwhile: create it again
+                if prev.token == meta[META_WRITE_TOKEN]:  # the create was applied, its answer lost
+                    if prev.backup_key:
+                        await self._delete_quietly(prev.backup_key)
+                    return ObjectInfo(key, length, _quoted(prev.etag), time.time(), meta), _Previous(existed=False)
                 with contextlib.suppress(ConcurrentModificationError):  # replaced meanwhile: once more
                     return await replace(prev, self._condition_params(False, prev.etag))
             raise ConcurrentModificationError(f"{key!r} kept being replaced by other writers while this write tried "
@@ -1212,7 +1220,7 @@ class S3Backend(Backend):
                 CopySource={"Bucket": self.bucket, "Key": self._full(key)}, MetadataDirective="REPLACE",
                 Metadata=meta, **({"CopySourceIfMatch": info.etag} if info.etag else {}), **sse, **copy_sse)
         except ConcurrentModificationError:
-            own = await self._own_write(key, meta, upload.encrypted) if tries[0] > 1 else None
+            own = await self._own_write(key, meta, upload.encrypted)
             if own is None or own.metadata.get(META_CRC32C) != meta[META_CRC32C]:
                 raise
             return own
@@ -1656,6 +1664,7 @@ class _Previous:
     encrypted: bool = False
     backup_key: str | None = None
     restorable: bool = True
+    token: str | None = None
 
 
 class _MultipartUpload:
@@ -1663,7 +1672,7 @@ class _MultipartUpload:
 
     The upload carries the object's metadata, with this call's write token, from CreateMultipartUpload on. A
     create whose answer was lost is retried; the uploads an earlier attempt created meanwhile are found with
-    ListMultipartUploads (same key, initiated during this call) and aborted. The create runs to completion
+    ListMultipartUploads (pending on the key now, not before the create) and aborted. The create runs to completion
     whatever cancellation arrives, and what it created is aborted if the caller was cancelled."""
 
     def __init__(self, backend: S3Backend, key: str, meta: dict[str, str], encrypted: bool, *,
@@ -1681,7 +1690,7 @@ class _MultipartUpload:
     async def start(self) -> None:
         b = self.backend
         tries = [0]
-        began = time.monotonic()
+        before = await self._uploads()  # to tell this call's uploads from those already pending
 
         async def create() -> dict[str, Any]:
             return await b._request("create_multipart_upload", key=self.key, tries=tries, Bucket=b.bucket,
@@ -1695,25 +1704,30 @@ class _MultipartUpload:
             response = await commit_or_roll_back(create, abort_created)
         except BaseException:
             if tries[0] > 1:
-                await run_uncancelled(lambda: self._abort_strays(None, time.time() - (time.monotonic() - began)))
+                await run_uncancelled(lambda: self._abort_strays(before, None))
             raise
         self.upload_id = response["UploadId"]
         if tries[0] > 1:
-            await run_uncancelled(lambda: self._abort_strays(self.upload_id, _server_time(response)
-                                                             - (time.monotonic() - began)))
+            await run_uncancelled(lambda: self._abort_strays(before, self.upload_id))
 
-    async def _abort_strays(self, keep: str | None, since: float) -> None:
-        """Abort the uploads of this key initiated since ``since`` (server time, less a margin) other than
-        ``keep``: those of this call's create attempts whose answers were lost."""
+    async def _uploads(self) -> set[str] | None:
+        """The IDs of the uploads pending on this key (``None`` if they cannot be listed)."""
         b = self.backend
-        with contextlib.suppress(JobStoreError):
+        try:
             page = await b._request("list_multipart_uploads", what="uploads", Bucket=b.bucket, Prefix=self.full)
-            for upload in page.get("Uploads", []):
-                initiated = upload.get("Initiated")
-                if upload["Key"] != self.full or upload["UploadId"] == keep or initiated is None:
-                    continue
-                if initiated.timestamp() >= since - _CLOCK_MARGIN:
-                    await b._abort(self.full, upload["UploadId"])
+        except JobStoreError:
+            return None
+        return {u["UploadId"] for u in page.get("Uploads", []) if u["Key"] == self.full}
+
+    async def _abort_strays(self, before: set[str] | None, keep: str | None) -> None:
+        """Abort the uploads of this key created during this call other than ``keep``: those of create
+        attempts whose answers were lost. (A concurrent writer of the very same key starting an upload meanwhile
+        would lose its upload too, and its write would fail: never data loss, and rare.)"""
+        now = await self._uploads()
+        if before is None or now is None:
+            return
+        for upload_id in now - before - {keep}:
+            await self.backend._abort(self.full, upload_id)
 
     async def send_part(self, part: Part, body: Callable[[Part], Any], crc: int, report: Progress | None) -> None:
         b = self.backend
@@ -1788,7 +1802,7 @@ class _MultipartUpload:
         except (ConcurrentModificationError, NoSuchFileError):
             # A retry refused (412) or finding no upload (completed by the attempt whose answer was lost): the
             # object is this call's if it carries this call's token.
-            own = await b._own_write(self.key, self.meta, self.encrypted) if tries[0] > 1 else None
+            own = await b._own_write(self.key, self.meta, self.encrypted)
             if own is None:
                 raise
             self.upload_id = None
