@@ -165,9 +165,8 @@ async def _log_worker(index: int, barrier: Any, locator: str, options: dict[str,
             while True:
                 finished = done.value == writers
                 await store.read_logs(lambda data: delivered.append(data.decode()))
-                if finished:
-                    if await store.read_logs(lambda data: delivered.append(data.decode())) == 0:
-                        break
+                if finished and await store.read_logs(lambda data: delivered.append(data.decode())) == 0:
+                    break
                 await asyncio.sleep(0.01)
     finally:
         await store.close()

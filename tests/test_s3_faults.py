@@ -449,7 +449,8 @@ async def test_the_job_store_refuses_such_a_server_at_initialize(moto_server: S3
 def test_conditional_writes_option_is_checked() -> None:
     with pytest.raises(aiojobstore.JobStoreError, match="unsafe-fallback"):
         open_backend("s3://some-bucket/p", conditional_writes="sometimes")
-    assert open_backend("s3://some-bucket/p", conditional_writes="unsafe-fallback").conditional_writes == "unsafe-fallback"
+    opted_in = open_backend("s3://some-bucket/p", conditional_writes="unsafe-fallback")
+    assert opted_in.conditional_writes == "unsafe-fallback"
 
 
 # ------------------------------------------------------------------------------------------ integrity, reclaim

@@ -83,8 +83,9 @@ backups and probes older than its grace period.
 
 Integrity: every object written carries ``ajs-crc32c``: single puts, multipart uploads (combined from the parts),
 streams (recorded by the copy onto itself) and copies (a source without one is streamed through the client,
-which records it). One exception: Ceph RGW 16 cannot copy SSE-C objects, so an encrypted write stream longer
-than one part keeps only what its parts were checked with, and is logged. With ``require_checksum`` (set by
+which records it). Ceph RGW 16 cannot copy SSE-C objects (probed once, on a key of the backend's own), so there
+an encrypted write stream longer than one part is spooled to a local temp file and uploaded from it with its
+checksum known at CreateMultipartUpload (disk I/O for the size of the stream). With ``require_checksum`` (set by
 the job store) reads of an object without ``ajs-crc32c`` raise ``IntegrityError``: it was not written by
 aiojobstore.
 
@@ -97,11 +98,13 @@ recorded fingerprint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
 import ssl
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -153,6 +156,7 @@ from ..transfer import (
     iter_buffer_slices,
     plan_parts,
     run_parts,
+    unlink_quietly,
     with_retries,
 )
 from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, ReclaimReport, user_metadata, validate_key
@@ -318,6 +322,7 @@ class S3Backend(Backend):
         self._conditional_ok: bool | None = None
         self._conditional_refusal: str | None = None
         self._probe_lock: anyio.Lock | None = None
+        self._sse_copy_ok: bool | None = None
         self._range_getter: RangeGetter | None = None
         self._range_getter_ok = self.transfer.direct_receive
         self._direct: S3DirectRequests | None = None
@@ -774,6 +779,30 @@ class S3Backend(Backend):
             with anyio.CancelScope(shield=True), contextlib.suppress(JobStoreError):
                 await self._request("delete_object", key=probe_key, Bucket=self.bucket, Key=self._full(probe_key))
 
+    async def _copies_sse_c(self) -> bool:
+        """Whether the server copies SSE-C objects server-side (Ceph RGW 16 does not), probed once on a key of
+        this backend's own."""
+        if self._sse_copy_ok is None:
+            probe = _PROBE_PREFIX + new_write_token()
+            sse = self._sse(True)
+            full = self._full(probe)
+            try:
+                await self._request("put_object", key=probe, Bucket=self.bucket, Key=full, Body=b"", **sse)
+                try:
+                    await self._request("copy_object", key=probe, Bucket=self.bucket, Key=full,
+                                        CopySource={"Bucket": self.bucket, "Key": full}, MetadataDirective="REPLACE",
+                                        Metadata={"probe": "1"}, CopySourceSSECustomerAlgorithm="AES256",
+                                        CopySourceSSECustomerKey=sse["SSECustomerKey"], **sse)
+                    self._sse_copy_ok = True
+                except TransferError as error:
+                    if _error_code(error.__cause__) != "NotImplemented":
+                        raise
+                    self._sse_copy_ok = False
+            finally:
+                with anyio.CancelScope(shield=True), contextlib.suppress(JobStoreError):
+                    await self._delete_quietly(probe)
+        return self._sse_copy_ok
+
     async def _check_condition(self, key: str, if_absent: bool, if_match: str | None) -> None:
         """The fallback for servers that ignore conditional headers: check right before writing."""
         if not if_absent and if_match is None:
@@ -1121,6 +1150,9 @@ class S3Backend(Backend):
             raise
         finally:
             writer.parts.close()
+            if writer._spool is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(writer.discard_spool)
 
     # ------------------------------------------------------------------ copies
 
@@ -1689,6 +1721,7 @@ class _MultipartUpload:
 
     async def start(self) -> None:
         b = self.backend
+        await b._conditions_honoured(required=self.if_absent)  # a first write probes before its parts go out
         tries = [0]
         before = await self._uploads()  # to tell this call's uploads from those already pending
 
@@ -1821,7 +1854,11 @@ class _MultipartUpload:
 
 
 class _S3Writer:
-    """Buffers one part; full parts go to background uploads (a :class:`PartWindow`) while the caller writes."""
+    """Buffers one part; full parts go to background uploads (a :class:`PartWindow`) while the caller writes.
+
+    An encrypted stream longer than one part, on a server that cannot copy SSE-C objects (Ceph RGW 16), could
+    not have its checksum recorded after completion; it is spooled to a temp file instead and uploaded from it
+    like ``upload_file``, with the checksum at CreateMultipartUpload (local disk I/O for the size of the stream)."""
 
     def __init__(self, backend: S3Backend, key: str, metadata: dict[str, str] | None, if_absent: bool,
                  encrypted: bool) -> None:
@@ -1839,6 +1876,7 @@ class _S3Writer:
         self._crcs: dict[int, tuple[int, int]] = {}
         self._next_part = 1
         self._closed = False
+        self._spool: tuple[int, str] | None = None  # (fd, path) of the temp file, when spooling
 
     async def write(self, data: Buffer) -> int:
         if self._closed:
@@ -1850,6 +1888,13 @@ class _S3Writer:
     async def _hand_off(self, part: PartBuffer) -> None:
         try:
             b = self.backend
+            if self._upload is None and self._spool is None and self.encrypted and not await b._copies_sse_c():
+                self._spool = await anyio.to_thread.run_sync(functools.partial(
+                    tempfile.mkstemp, prefix="aiojobstore-s3-stream-"))
+            if self._spool is not None:
+                await anyio.to_thread.run_sync(_write_all, self._spool[0], part.view)
+                part.done(reuse=True)
+                return
             if self._upload is None:
                 self._upload = _MultipartUpload(b, self.key, b._write_metadata(self.metadata, self.encrypted, None),
                                                 self.encrypted, if_absent=self.if_absent)
@@ -1877,9 +1922,9 @@ class _S3Writer:
             part.done(reuse=sent)
 
     async def send_last_part(self) -> None:
-        """On a clean exit: hand the buffered tail to the window (multipart only)."""
+        """On a clean exit: hand the buffered tail to the window (multipart only) or the spool."""
         self._closed = True
-        if self._upload is not None:
+        if self._upload is not None or self._spool is not None:
             tail = self.parts.take_current()
             if tail is not None:
                 await self._hand_off(tail)
@@ -1888,6 +1933,14 @@ class _S3Writer:
         """Commit: one PutObject for a short stream, else complete the upload and record the checksum, as one
         commit (a cancellation during it rolls both back)."""
         b = self.backend
+        if self._spool is not None:
+            fd, path = self._spool
+            await anyio.to_thread.run_sync(os.fsync, fd)
+            if self.if_absent:
+                await b._conditions_honoured(required=True)
+                await b._check_condition(self.key, True, None)
+            with b.limits.uploads.joined() as share:
+                return await b._upload_file(path, self.key, self.metadata, True, Progress(None), share)
         if self._upload is None:
             tail = self.parts.take_current()
             data = bytes(tail.view) if tail is not None else b""
@@ -1906,6 +1959,18 @@ class _S3Writer:
         with anyio.CancelScope(shield=True):
             if self._upload is not None:
                 await self._upload.abort()
+
+    def discard_spool(self) -> None:
+        """Close and remove the spool file, if any (blocking)."""
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            os.close(spool[0])
+            unlink_quietly(spool[1])
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
 
 
 _OPTION_NAMES = ("endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
