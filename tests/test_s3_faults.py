@@ -269,14 +269,18 @@ HOLDS = ["hold-before", "hold-after"]
 
 @pytest.mark.parametrize("how", HOW)
 @pytest.mark.parametrize("fate", HOLDS)
-@pytest.mark.parametrize("path", ["create", "overwrite", "update_object"])
+@pytest.mark.parametrize("path", ["create", "overwrite", "overwrite-capture", "update_object"])
 async def test_cancel_during_a_small_put_commit(server: S3Server, how: str, fate: str, path: str) -> None:
     async with proxied_store(server) as (store, proxy):
         if path != "create":
             await store.put_bytes("obj", b"old", metadata={"keep": "me"})
-        # The committing request: the create's If-None-Match put, or the replacing If-Match put.
-        rule = FaultRule(fate=fate, method="PUT", target=r"/store/obj$",
-                         when=header("if-none-match") if path == "create" else header("if-match"))
+        # The committing request (the create's If-None-Match put, the replacing If-Match put), or the read of the
+        # version an overwrite replaces, an earlier await of the same commit.
+        if path == "overwrite-capture":
+            rule = FaultRule(fate=fate, method="GET", target=r"/store/obj$")
+        else:
+            rule = FaultRule(fate=fate, method="PUT", target=r"/store/obj$",
+                             when=header("if-none-match") if path == "create" else header("if-match"))
         proxy.rules.append(rule)
         if path == "update_object":
             returned = await cancel_while_held(how, lambda: store.update_object("obj", lambda b: b + b"+1"), rule)
@@ -295,11 +299,13 @@ async def test_cancel_during_a_small_put_commit(server: S3Server, how: str, fate
 
 
 @pytest.mark.parametrize("how", HOW)
-@pytest.mark.parametrize("path", ["create-upload", "complete", "complete-overwrite", "stream-checksum-copy"])
+@pytest.mark.parametrize("path", ["create-upload", "capture-head", "complete", "complete-overwrite",
+                                  "stream-checksum-copy"])
 async def test_cancel_during_a_multipart_commit(server: S3Server, tmp_path: Path, how: str, path: str) -> None:
     data = os.urandom(2 * PART + 5)
     (tmp_path / "src").write_bytes(data)
-    shapes = {"create-upload": (*CREATE_UPLOAD, None), "complete": (*COMPLETE_UPLOAD, None),
+    shapes = {"create-upload": (*CREATE_UPLOAD, None), "capture-head": ("HEAD", r"/store/big$", None),
+              "complete": (*COMPLETE_UPLOAD, None),
               "complete-overwrite": (*COMPLETE_UPLOAD, None),
               "stream-checksum-copy": ("PUT", r"/store/big$", header("x-amz-copy-source"))}
     method, target, when = shapes[path]
@@ -328,6 +334,48 @@ async def test_cancel_during_a_multipart_commit(server: S3Server, tmp_path: Path
         else:
             assert await store.stat("big") is None
             await assert_clean(store, [])
+
+
+async def test_cancelled_overwrite_of_a_large_object_is_restored_from_its_backup(server: S3Server) -> None:
+    """Above 8 MiB the replaced version is kept as a server-side copy (a backup key), not in memory."""
+    old = os.urandom(9 * MiB)
+    async with proxied_store(server) as (store, proxy):
+        await store.put_bytes("obj", old, metadata={"keep": "me"})
+        rule = FaultRule(fate="hold-after", method="PUT", target=r"/store/obj$", when=header("if-match"))
+        proxy.rules.append(rule)
+        await cancel_while_held("task.cancel", lambda: store.put_bytes("obj", b"new"), rule)
+        assert any(re.search(re.escape(_BACKUP_PREFIX), target) for _, target in proxy.targets)
+        got, info = await store.get_object("obj")
+        assert got == old and info.metadata["keep"] == "me"
+        await assert_clean(store, ["obj"])
+        await store.put_bytes("obj", b"new")  # not cancelled: replaced, and the backup is gone
+        assert await store.get_bytes("obj") == b"new"
+        await assert_clean(store, ["obj"])
+
+
+async def test_every_write_survives_a_quarter_of_all_answers_lost(server: S3Server, tmp_path: Path) -> None:
+    """Lost answers on any request, at random: every write returns once, counts are exact, nothing is left."""
+    data = os.urandom(2 * PART + 99)
+    (tmp_path / "src").write_bytes(data)
+    async with proxied_store(server, max_attempts=12) as (store, proxy):
+        proxy.rules.append(FaultRule(fate="lost-answer", times=None, rate=0.25))
+        await store.upload_file(tmp_path / "src", "up")
+        async with store.open_writer("stream") as writer:
+            await writer.write(data)
+        await store.put_bytes("counter", b"0", if_absent=True)
+        for _ in range(8):
+            await store.update_object("counter", lambda b: str(int(b) + 1).encode())
+        counted = await store.get_bytes("counter")
+        await store.put_bytes("counter", b"replaced")  # an overwrite
+        await store.copy("up", "copied")
+        proxy.rules.clear()
+        assert proxy.injected["lost-answer"] >= 5, proxy.injected
+        assert counted == b"8"
+        assert await store.get_bytes("counter") == b"replaced"
+        for key in ("up", "stream", "copied"):
+            got, info = await store.get_object(key)
+            assert got == data and info.metadata[META_CRC32C] == crc32c_to_b64(crc32c(data))
+        await assert_clean(store, ["copied", "counter", "stream", "up"])
 
 
 async def test_cancel_while_creating_an_upload_whose_answer_is_lost(server: S3Server, tmp_path: Path) -> None:
