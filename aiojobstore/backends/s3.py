@@ -58,12 +58,15 @@ more than one part is checked with a HEAD right before its completion (the job s
 
 Retries and write tokens: every object is written with a fresh per-call token in its metadata
 (``ajs-write-token``, :func:`aiojobstore.commit.new_write_token`), on the direct and the botocore path alike. A
-conditional PutObject or CompleteMultipartUpload (or the checksum-recording copy) whose retry is refused (412,
-409, no such upload) after an earlier attempt's answer was lost HEADs the object: if it carries the call's token,
-that attempt was applied and the write succeeded; it is never reported as a conflict with itself nor applied
-twice. A multipart upload lists the key's pending uploads before its CreateMultipartUpload; a create retried
-after a lost answer lists them again and aborts the new ones other than its own (ListMultipartUploads shows no
-metadata, and moto's ``Initiated`` dates are fixed, so uploads are told apart by ID).
+conditional PutObject or CompleteMultipartUpload (or the checksum-recording copy) that is refused (412, 409, no
+such upload) HEADs the object: if it carries the call's token, an earlier attempt whose answer was lost was applied
+and the write succeeded; it is never reported as a conflict with itself nor applied twice. (Every refusal is
+checked, since aiohttp itself repeats an idempotent request whose connection closed.) The one case a token cannot
+tell: another writer replaced the object between the lost answer and the retry; the write is then reported as a
+conflict although it was applied. A multipart upload lists the key's pending uploads before its
+CreateMultipartUpload; a create retried after a lost answer lists them again and aborts the new ones other than
+its own (ListMultipartUploads shows no metadata, and moto's ``Initiated`` dates are fixed, so uploads are told
+apart by ID).
 
 Commits and cancellation: each write's commit (the PutObject, CompleteMultipartUpload and the CRC-recording
 copy, CopyObject) runs to completion in a task of its own (:func:`aiojobstore.commit.commit_or_roll_back`). A
@@ -73,7 +76,8 @@ the key still holds this call's write (its token; S3 has no conditional delete, 
 two requests). Under an anyio cancel scope the write returns normally and the cancellation comes at the next
 checkpoint. To put a replaced object back, a write keeps it: an unconditional put is sent with
 ``If-None-Match: *`` first, so a create costs one request; when the key exists, the object is HEADed and, up to
-8 MiB, read into memory (else copied server-side to ``.aiojobstore-backup/<token>``, deleted after the commit),
+8 MiB, read into memory (not counted in ``max_memory``; else copied server-side to ``.aiojobstore-backup/<token>``,
+deleted after the commit),
 and replaced with ``If-Match`` on that version, so what would be put back is exactly what was replaced. A
 replacing put thus costs 4 small requests instead of 1 (6 above 8 MiB); ``update_object`` has the previous version
 in hand and costs none extra; a multipart upload or a copy HEADs its key once before completing. An object
