@@ -142,6 +142,18 @@ async def test_lost_answer_of_a_put_is_applied_once_and_reported_as_success(serv
         await assert_clean(store, ["obj"])
 
 
+async def test_update_object_keeps_metadata_and_encryption_through_a_lost_answer(server: S3Server) -> None:
+    async with proxied_store(server, sse_key=bytes(range(32))) as (store, proxy):
+        await store.put_bytes("obj", b"1", metadata={"colour": "blue"}, encrypted=True)
+        proxy.rules.append(lost("PUT", r"/store/obj$", header("if-match")))
+        info = await store.update_object("obj", lambda b: b + b"2")
+        assert proxy.injected["lost-answer"] == 1
+        got, stored = await store.get_object("obj")
+        assert got == b"12" and stored.metadata["colour"] == "blue" and "ajs-key-sha256" in stored.metadata
+        assert stored.metadata[META_CRC32C] == crc32c_to_b64(crc32c(b"12")) and stored.etag == info.etag
+        await assert_clean(store, ["obj"])
+
+
 async def test_lost_answers_keep_job_counts_exact(server: S3Server) -> None:
     """create_job and update_job whose answers are lost: no "already exists", no double increment."""
     with Proxy(server.endpoint_url, rate=0) as proxy:
