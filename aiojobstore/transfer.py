@@ -366,11 +366,17 @@ class DownloadTarget:
         return RangeWriter(self, offset)
 
     def commit(self) -> None:
-        """Flush the file to disk and rename it onto the target."""
+        """Flush the file to disk, rename it onto the target and flush the directory (so the rename itself
+        survives a crash)."""
         os.fsync(self.fd)
         os.replace(self.temp, self.target)
         self.temp = ""
         self._close()
+        directory = os.open(os.path.dirname(self.target) or ".", os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
     def discard(self) -> None:
         """Close and remove the temp file (a no-op after :meth:`commit`)."""

@@ -12,7 +12,7 @@ from tests.support import StoreTarget
 
 #: Backends the contract suite runs on; a backend joins by adding its name here and its plugin module below,
 #: which provides a fixture named ``<name>_target`` returning a fresh StoreTarget.
-BACKENDS = ["memory", "local", "gcs", "s3"]
+BACKENDS = ["memory", "local", "gcs", "s3", "ceph"]
 pytest_plugins: list[str] = ["tests.gcs_servers", "tests.s3_servers"]
 
 PART_SIZE = 5 * 2**20

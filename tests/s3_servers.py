@@ -4,6 +4,7 @@
 - ``s3_target``: a fresh, not yet created bucket on it, as a ``StoreTarget`` (joins the contract suite).
 - ``ceph_rgw``: Ceph's RADOS Gateway (``tests/servers/ceph_rgw.py``), once per session; tests that use it are
   skipped with the reason when Ceph is not installed (``tests/servers/install-ceph.sh``).
+- ``ceph_target``: a fresh bucket on it, as a ``StoreTarget`` (joins the contract suite as ``ceph``).
 - ``FaultProxy`` (from ``tests/fault_proxy.py``): a loopback HTTP proxy that injects faults, lost answers and
   held requests.
 """
@@ -63,6 +64,13 @@ def moto_server() -> Iterator[S3Server]:
 def s3_target(moto_server: S3Server) -> StoreTarget:
     """A fresh S3 location on moto; small parts so multipart paths run with little data."""
     return moto_server.target()
+
+
+@pytest.fixture
+def ceph_target(ceph_rgw: S3Server) -> StoreTarget:
+    """A fresh S3 location on Ceph RGW (the contract suite's ``ceph`` backend: a server that enforces
+    conditional writes atomically, where moto does not); skipped with the reason when Ceph is not installed."""
+    return ceph_rgw.target()
 
 
 @pytest.fixture(scope="session")

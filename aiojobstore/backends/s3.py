@@ -46,10 +46,52 @@ How data moves:
   then raises ``IntegrityError``.
 
 Conditional writes: ``if_absent`` sends ``If-None-Match: *`` and ``if_match`` sends ``If-Match: <etag>`` on
-PutObject (and CompleteMultipartUpload). moto 5.2 and Ceph RGW 16 honour both on PutObject. Servers that ignore
-them are detected once per backend (a probe write to a private key under the prefix); for those, the backend
-falls back to a HEAD check right before the write and a re-check after it, which narrows the race to the width
-of one request and reports a lost race as ``ConcurrentModificationError`` when it can see it.
+PutObject (and CompleteMultipartUpload). Before its first write a backend probes, on a key of its own
+(``.aiojobstore-conditional-probe-<token>``, which no other process writes or deletes, so no answer can be
+another writer's doing), that the server refuses a second create and a wrong ETag, and in which form it wants the
+ETag (Ceph RGW 16 compares it without quotes). moto 5.2 and Ceph RGW 16 honour both on PutObject (moto not
+atomically under concurrency). A server that ignores them is refused with ``ConditionalWritesUnsupportedError``
+at the first conditional write, unless the store is opened with the option ``conditional_writes="unsafe-fallback"``
+(default ``"require"``), which accepts a HEAD check right before the write: racy, updates from several processes
+can be lost. Ceph RGW 16 ignores ``If-None-Match`` on CompleteMultipartUpload, so an ``if_absent`` write stream of
+more than one part is checked with a HEAD right before its completion (the job store never writes one).
+
+Retries and write tokens: every object is written with a fresh per-call token in its metadata
+(``ajs-write-token``, :func:`aiojobstore.commit.new_write_token`), on the direct and the botocore path alike. A
+conditional PutObject or CompleteMultipartUpload (or the checksum-recording copy) that is refused (412, 409, no
+such upload) HEADs the object: if it carries the call's token, an earlier attempt whose answer was lost was applied
+and the write succeeded; it is never reported as a conflict with itself nor applied twice. (Every refusal is
+checked, since aiohttp itself repeats an idempotent request whose connection closed.) The one case a token cannot
+tell: another writer replaced the object between the lost answer and the retry; the write is then reported as a
+conflict although it was applied. A multipart upload lists the key's pending uploads before its
+CreateMultipartUpload; a create retried after a lost answer lists them again and aborts the new ones other than
+its own (ListMultipartUploads shows no metadata, and moto's ``Initiated`` dates are fixed, so uploads are told
+apart by ID).
+
+Commits and cancellation: each write's commit (the PutObject, CompleteMultipartUpload and the CRC-recording
+copy, CopyObject) runs to completion in a task of its own (:func:`aiojobstore.commit.commit_or_roll_back`). A
+caller cancelled by ``task.cancel()`` or ``asyncio.timeout`` meanwhile gets the store back as it was, and the
+cancellation: an object the write created is deleted, an object it replaced is put back, in both cases only if
+the key still holds this call's write (its token; S3 has no conditional delete, so that check and the delete are
+two requests). Under an anyio cancel scope the write returns normally and the cancellation comes at the next
+checkpoint. To put a replaced object back, a write keeps it: an unconditional put is sent with
+``If-None-Match: *`` first, so a create costs one request; when the key exists, the object is HEADed and, up to
+8 MiB, read into memory (not counted in ``max_memory``; else copied server-side to ``.aiojobstore-backup/<token>``,
+deleted after the commit),
+and replaced with ``If-Match`` on that version, so what would be put back is exactly what was replaced. A
+replacing put thus costs 4 small requests instead of 1 (6 above 8 MiB); ``update_object`` has the previous version
+in hand and costs none extra; a multipart upload or a copy HEADs its key once before completing. An object
+that cannot be kept (above 5 GiB, or SSE-C on a server that cannot copy it, or encrypted with another key) is
+replaced without a way back, and that is logged. ``reclaim`` aborts pending multipart uploads and deletes
+backups and probes older than its grace period.
+
+Integrity: every object written carries ``ajs-crc32c``: single puts, multipart uploads (combined from the parts),
+streams (recorded by the copy onto itself) and copies (a source without one is streamed through the client,
+which records it). Ceph RGW 16 cannot copy SSE-C objects (probed once, on a key of the backend's own), so there
+an encrypted write stream longer than one part is spooled to a local temp file and uploaded from it with its
+checksum known at CreateMultipartUpload (disk I/O for the size of the stream). With ``require_checksum`` (set by
+the job store) reads of an object without ``ajs-crc32c`` raise ``IntegrityError``: it was not written by
+aiojobstore.
 
 SSE-C: writers with ``encrypted=True`` send the backend's 32-byte key and record its SHA-256 (``ajs-key-sha256``);
 readers try without a key and retry with it when the server says the object is encrypted (HEAD 400). A missing or
@@ -60,23 +102,29 @@ recorded fingerprint.
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import os
 import ssl
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from os import PathLike
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
 
+from ..commit import META_WRITE_TOKEN, commit_or_roll_back, new_write_token, run_uncancelled
 from ..errors import (
     BackendUnavailableError,
     ConcurrentModificationError,
+    ConditionalWritesUnsupportedError,
     EncryptionKeyError,
     IntegrityError,
     JobStoreError,
@@ -112,9 +160,10 @@ from ..transfer import (
     iter_buffer_slices,
     plan_parts,
     run_parts,
+    unlink_quietly,
     with_retries,
 )
-from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, validate_key
+from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, ReclaimReport, user_metadata, validate_key
 from .s3direct import S3DirectRequests, bucket_url_from_presigned, sse_headers
 
 if sys.version_info < (3, 11):  # pragma: no cover
@@ -125,8 +174,18 @@ T = TypeVar("T")
 
 #: Marker object under the prefix: present when this store created the bucket (so ``destroy`` may remove it).
 CREATED_BUCKET_MARKER = ".aiojobstore-created-bucket"
-_PROBE_KEY = ".aiojobstore-conditional-probe"
-_HIDDEN = (CREATED_BUCKET_MARKER, _PROBE_KEY)
+#: Keys of the conditional-write probes: one per probing backend (a fresh token follows), never shared.
+_PROBE_PREFIX = ".aiojobstore-conditional-probe-"
+#: Temporary copies of objects being replaced, kept until the replacing commit is over (see ``_capture``).
+_BACKUP_PREFIX = ".aiojobstore-backup/"
+#: Reserved keys under the prefix, never listed: the marker, the probes (and the single probe key of versions
+#: before 0.2, which processes shared), the backups.
+_RESERVED_PREFIXES = (CREATED_BUCKET_MARKER, ".aiojobstore-conditional-probe", _BACKUP_PREFIX)
+#: Previous versions up to this size are kept in memory by a replacing write (else copied server-side).
+_KEEP_IN_MEMORY = 8 * MiB
+#: Rounds of "create, else capture and replace" an unconditional put tries against other writers.
+_MAX_OVERWRITE_TRIES = 8
+CONDITIONAL_WRITES = ("require", "unsafe-fallback")
 MAX_COPY_OBJECT = 5 * 1024 * MiB
 _READ_RANGE = 8 * MiB
 _READ_AHEAD = 4
@@ -242,8 +301,13 @@ class S3Backend(Backend):
     def __init__(self, bucket: str, prefix: str = "", *, transfer: TransferConfig | None = None,
                  sse_key: bytes | str | None = None, endpoint_url: str | None = None, region_name: str | None = None,
                  aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
-                 aws_session_token: str | None = None, profile_name: str | None = None) -> None:
+                 aws_session_token: str | None = None, profile_name: str | None = None,
+                 conditional_writes: str = "require") -> None:
         super().__init__(transfer=transfer, sse_key=sse_key)
+        if conditional_writes not in CONDITIONAL_WRITES:
+            raise JobStoreError(f"conditional_writes must be one of {', '.join(CONDITIONAL_WRITES)}, not "
+                                f"{conditional_writes!r}")
+        self.conditional_writes = conditional_writes
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.root = f"{self.prefix}/" if self.prefix else ""
@@ -260,6 +324,9 @@ class S3Backend(Backend):
         self._client_cm: Any = None
         self._client_lock: anyio.Lock | None = None
         self._conditional_ok: bool | None = None
+        self._conditional_refusal: str | None = None
+        self._probe_lock: anyio.Lock | None = None
+        self._sse_copy_ok: bool | None = None
         self._range_getter: RangeGetter | None = None
         self._range_getter_ok = self.transfer.direct_receive
         self._direct: S3DirectRequests | None = None
@@ -360,13 +427,18 @@ class S3Backend(Backend):
         assert self.sse_key is not None
         return {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": self.sse_key}
 
-    async def _request(self, operation: str, *, key: str = "", what: str = "", **params: Any) -> Any:
-        """One S3 call under the store's request limit, retried per :class:`RetryPolicy`, errors translated."""
+    async def _request(self, operation: str, *, key: str = "", what: str = "", tries: list[int] | None = None,
+                       **params: Any) -> Any:
+        """One S3 call under the store's request limit, retried per :class:`RetryPolicy`, errors translated.
+        ``tries``, when given, counts the attempts sent (``tries[0]``): more than one means an earlier attempt may
+        have been applied without its answer reaching us."""
         client = await self.client()
         method = getattr(client, operation)
         direct = self._direct if self._direct is not None and self._direct.accepts(operation, params) else None
 
         async def once() -> Any:
+            if tries is not None:
+                tries[0] += 1
             async with self.limits.requests:
                 if direct is not None and self._direct_ok:
                     try:
@@ -491,6 +563,36 @@ class S3Backend(Backend):
             params["KeyMarker"] = page.get("NextKeyMarker")
             params["UploadIdMarker"] = page.get("NextUploadIdMarker")
 
+    async def reclaim(self, older_than: float = 3600.0) -> ReclaimReport:
+        """Abort the multipart uploads under the prefix initiated more than ``older_than`` seconds ago (by the
+        server's clock) and delete the backups and conditional-write probes that old: what writers that died
+        left. Live writers' uploads are younger than any sensible grace period."""
+        report = ReclaimReport()
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.root}
+        now = time.time()
+        try:
+            while True:
+                page = await self._request("list_multipart_uploads", what="uploads", **params)
+                now = _server_time(page)
+                for upload in page.get("Uploads", []):
+                    initiated = upload.get("Initiated")
+                    if initiated is not None and initiated.timestamp() < now - older_than:
+                        await self._abort(upload["Key"], upload["UploadId"])
+                        report.add("multipart-upload")
+                if not page.get("IsTruncated"):
+                    break
+                params["KeyMarker"] = page.get("NextKeyMarker")
+                params["UploadIdMarker"] = page.get("NextUploadIdMarker")
+            for prefix, kind in ((_BACKUP_PREFIX, "backup"), (_PROBE_PREFIX, "conditional-probe")):
+                async for entry in self._list_raw(self.root + prefix):
+                    modified = entry.get("LastModified")
+                    if modified is not None and modified.timestamp() < now - older_than:
+                        await self._delete_batch([entry["Key"]])
+                        report.add(kind, int(entry.get("Size", 0)))
+        except NoSuchFileError:  # no bucket: nothing to reclaim
+            pass
+        return report
+
     async def pending_uploads(self, prefix: str = "") -> list[str]:
         """Keys (relative to the root) of multipart uploads still pending under ``prefix``."""
         page = await self._request("list_multipart_uploads", what="uploads", Bucket=self.bucket,
@@ -587,7 +689,7 @@ class S3Backend(Backend):
         try:
             async for entry in self._list_raw(self.root + prefix):
                 key = entry["Key"][len(self.root):]
-                if key in _HIDDEN:
+                if key.startswith(_RESERVED_PREFIXES):
                     continue
                 if not metadata:
                     yield self._listed_info(key, entry)
@@ -623,41 +725,87 @@ class S3Backend(Backend):
 
     # ------------------------------------------------------------------ conditional writes
 
-    async def _conditions_honoured(self) -> bool:
-        """Whether the server honours If-None-Match / If-Match on PutObject, probed once per backend. Also
-        learns the ETag form If-Match wants: Ceph RGW 16 compares it without the quotes S3 returns."""
+    async def _conditions_honoured(self, *, required: bool = False) -> bool:
+        """Whether the server honours If-None-Match / If-Match on PutObject, probed once per backend before the
+        first write (so the If-Match form is known before any conditional request is built: Ceph RGW 16
+        compares it without the quotes S3 returns). ``required``: a conditional write is about to rely on it, so a
+        server that ignores conditions raises :class:`ConditionalWritesUnsupportedError` unless the store was
+        opened with ``conditional_writes="unsafe-fallback"``."""
         if self._conditional_ok is None:
-            probe = self._full(_PROBE_KEY)
-            params = {"Bucket": self.bucket, "Key": probe, "Body": b""}
-            etag = (await self._request("put_object", key=_PROBE_KEY, **params)).get("ETag", "")
-            honoured = True
-            try:
-                with contextlib.suppress(ConcurrentModificationError):  # refused: the condition is honoured
-                    await self._request("put_object", key=_PROBE_KEY, IfNoneMatch="*", **params)
-                    honoured = False
-            except TransferError:
-                honoured = False
-            if honoured:
-                for form in (etag, etag.strip('"')):
-                    try:
-                        await self._request("put_object", key=_PROBE_KEY, IfMatch=form, **params)
-                    except (ConcurrentModificationError, TransferError):
-                        continue
-                    self._if_match_bare = form != etag
-                    break
-                else:
-                    honoured = False
-                if honoured:  # and a wrong etag must be refused
-                    try:
-                        with contextlib.suppress(ConcurrentModificationError):
-                            await self._request("put_object", key=_PROBE_KEY, IfMatch='"0"', **params)
-                            honoured = False
-                    except TransferError:
-                        honoured = False
-            with contextlib.suppress(JobStoreError):
-                await self._request("delete_object", key=_PROBE_KEY, Bucket=self.bucket, Key=probe)
-            self._conditional_ok = honoured
+            if self._probe_lock is None:
+                self._probe_lock = anyio.Lock()
+            async with self._probe_lock:
+                if self._conditional_ok is None:
+                    self._conditional_refusal = await self._probe_conditions()
+                    self._conditional_ok = self._conditional_refusal is None
+        if not self._conditional_ok and required and self.conditional_writes != "unsafe-fallback":
+            raise ConditionalWritesUnsupportedError(
+                f"the S3 server behind {self.describe()} {self._conditional_refusal}, so updates from several "
+                "processes could be lost. Use a server that honours If-None-Match/If-Match on PutObject, or open "
+                "the store with conditional_writes='unsafe-fallback' to accept a racy HEAD-then-PUT check instead")
         return self._conditional_ok
+
+    async def _probe_conditions(self) -> str | None:
+        """Probe conditional PutObject on a key of this call's own (``_PROBE_PREFIX`` + a fresh token), which no
+        other process writes or deletes, so no answer can be caused by another writer. Returns ``None`` when both
+        conditions are honoured, else what the server does wrong."""
+        probe_key = _PROBE_PREFIX + new_write_token()
+        params = {"Bucket": self.bucket, "Key": self._full(probe_key), "Body": b""}
+
+        async def put(**condition: str) -> str | None:
+            """The refusal of a conditional put: None (accepted), "412", or the error."""
+            try:
+                await self._request("put_object", key=probe_key, **params, **condition)
+            except ConcurrentModificationError:
+                return "412"
+            except TransferError as error:
+                return f"{_error_code(error.__cause__) or error}"
+            return None
+
+        try:
+            etag = (await self._request("put_object", key=probe_key, **params)).get("ETag") or ""
+            refused = await put(IfNoneMatch="*")
+            if refused is None:
+                return "ignores If-None-Match: * on PutObject (a create of an existing key succeeded)"
+            if refused != "412":
+                return f"rejects If-None-Match: * on PutObject ({refused})"
+            for form in (_quoted(etag), _bare(etag)):
+                if await put(IfMatch=form) is None:
+                    self._if_match_bare = form != _quoted(etag)
+                    break
+            else:
+                return "refuses If-Match with the object's own ETag on PutObject"
+            wrong = '"00000000000000000000000000000000"'
+            if await put(IfMatch=_bare(wrong) if self._if_match_bare else wrong) is None:
+                return "ignores If-Match on PutObject (a write with a wrong ETag succeeded)"
+            return None
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(JobStoreError):
+                await self._request("delete_object", key=probe_key, Bucket=self.bucket, Key=self._full(probe_key))
+
+    async def _copies_sse_c(self) -> bool:
+        """Whether the server copies SSE-C objects server-side (Ceph RGW 16 does not), probed once on a key of
+        this backend's own."""
+        if self._sse_copy_ok is None:
+            probe = _PROBE_PREFIX + new_write_token()
+            sse = self._sse(True)
+            full = self._full(probe)
+            try:
+                await self._request("put_object", key=probe, Bucket=self.bucket, Key=full, Body=b"", **sse)
+                try:
+                    await self._request("copy_object", key=probe, Bucket=self.bucket, Key=full,
+                                        CopySource={"Bucket": self.bucket, "Key": full}, MetadataDirective="REPLACE",
+                                        Metadata={"probe": "1"}, CopySourceSSECustomerAlgorithm="AES256",
+                                        CopySourceSSECustomerKey=sse["SSECustomerKey"], **sse)
+                    self._sse_copy_ok = True
+                except TransferError as error:
+                    if _error_code(error.__cause__) != "NotImplemented":
+                        raise
+                    self._sse_copy_ok = False
+            finally:
+                with anyio.CancelScope(shield=True), contextlib.suppress(JobStoreError):
+                    await self._delete_quietly(probe)
+        return self._sse_copy_ok
 
     async def _check_condition(self, key: str, if_absent: bool, if_match: str | None) -> None:
         """The fallback for servers that ignore conditional headers: check right before writing."""
@@ -678,17 +826,141 @@ class S3Backend(Backend):
             return await self._head_raw(key, self._sse(True))
 
     def _condition_params(self, if_absent: bool, if_match: str | None) -> dict[str, str]:
+        """The condition headers, in the form the server compares (call :meth:`_conditions_honoured` first)."""
+        assert self._conditional_ok is not None, "the If-Match form is learned by _conditions_honoured()"
         params: dict[str, str] = {}
         if if_absent:
             params["IfNoneMatch"] = "*"
         if if_match is not None:
-            params["IfMatch"] = _bare(if_match) if self._if_match_bare else if_match
+            params["IfMatch"] = _bare(if_match) if self._if_match_bare else _quoted(if_match)
         return params
+
+    async def _own_write(self, key: str, meta: dict[str, str], encrypted: bool) -> ObjectInfo | None:
+        """The stored object's info if it is the one this call wrote (its write token is ``meta``'s): a retried
+        request whose first attempt was applied though its answer was lost."""
+        token = meta.get(META_WRITE_TOKEN)
+        if token is None:
+            return None
+        try:
+            response = await self._head_raw(key, self._sse(encrypted))
+        except JobStoreError:
+            return None
+        if response is None or response.get("Metadata", {}).get(META_WRITE_TOKEN) != token:
+            return None
+        return self._info(key, response)
+
+    # ------------------------------------------------------------------ commits and their roll-back
+
+    async def _capture(self, key: str, *, if_match: str | None = None) -> _Previous:
+        """What a write of ``key`` is about to replace, kept so that a commit the caller's cancellation
+        interrupts can be undone: nothing (the key is absent), the bytes and metadata (up to
+        :data:`_KEEP_IN_MEMORY`), or a server-side copy under :data:`_BACKUP_PREFIX`. With ``if_match``, a stored
+        object of another ETag raises ``ConcurrentModificationError`` (the write's own condition would fail)."""
+        head = await self._head_for_capture(key)
+        if head is None:
+            if if_match is not None:
+                raise ConcurrentModificationError(f"{key!r} no longer exists (it was deleted since it was read)")
+            return _Previous(existed=False)
+        response, sse = head
+        etag = response.get("ETag")
+        token = response.get("Metadata", {}).get(META_WRITE_TOKEN)
+        if if_match is not None and _bare(etag) != _bare(if_match):
+            raise ConcurrentModificationError(f"{key!r} changed (or was created) by someone else since it was read")
+        size = int(response.get("ContentLength", 0))
+        if size <= _KEEP_IN_MEMORY:
+            try:
+                data, info = await self._get_whole(key)
+            except (_ReplacedWhileReading, NoSuchFileError):
+                data, info = b"", None
+            except EncryptionKeyError:  # written with another key: replaceable, not restorable
+                return _Previous(existed=True, etag=etag, restorable=False)
+            if info is None or (if_match is not None and _bare(info.etag) != _bare(if_match)):
+                raise ConcurrentModificationError(f"{key!r} changed (or was deleted) while this write read it")
+            return _Previous(existed=True, etag=info.etag, data=data, metadata=info.metadata, encrypted=bool(sse),
+                             token=info.metadata.get(META_WRITE_TOKEN))
+        if size <= MAX_COPY_OBJECT:
+            backup = _BACKUP_PREFIX + new_write_token()
+            copy_sse = {"CopySourceSSECustomerAlgorithm": "AES256",
+                        "CopySourceSSECustomerKey": sse["SSECustomerKey"]} if sse else {}
+            try:
+                await self._request("copy_object", key=backup, Bucket=self.bucket, Key=self._full(backup),
+                                    CopySource={"Bucket": self.bucket, "Key": self._full(key)},
+                                    CopySourceIfMatch=etag, MetadataDirective="COPY", **sse, **copy_sse)
+                return _Previous(existed=True, etag=etag, backup_key=backup, encrypted=bool(sse), token=token)
+            except ConcurrentModificationError:
+                raise
+            except JobStoreError as error:  # Ceph RGW 16 cannot copy SSE-C objects server-side
+                log.warning("S3 %s: cannot back %r up before replacing it (%s); a cancellation while it is "
+                            "replaced cannot restore it", self.describe(), key, error)
+        return _Previous(existed=True, etag=etag, encrypted=bool(sse), restorable=False, token=token)
+
+    async def _head_for_capture(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The raw HEAD of ``key`` and the SSE-C parameters its reads need (``None`` when missing)."""
+        try:
+            response, sse = await self._with_sse_retry(key, lambda sse: self._head_raw(key, sse))
+        except EncryptionKeyError:
+            return {"ETag": None, "ContentLength": MAX_COPY_OBJECT + 1}, {}  # not ours to read: not restorable
+        return None if response is None else (response, sse)
+
+    async def _commit(self, key: str, commit: Callable[[], Awaitable[tuple[ObjectInfo, _Previous]]]) -> ObjectInfo:
+        """Run ``commit`` (which returns what it wrote and what it replaced) to completion whatever cancellation
+        arrives (:func:`~aiojobstore.commit.commit_or_roll_back`); a caller cancelled by ``task.cancel()``
+        meanwhile gets the previous state back. The backup a commit took is deleted either way."""
+        async def roll_back(result: tuple[ObjectInfo, _Previous]) -> None:
+            await self._roll_back(key, *result)
+
+        info, previous = await commit_or_roll_back(commit, roll_back)
+        if previous.backup_key:
+            await run_uncancelled(lambda: self._delete_quietly(previous.backup_key or ""))
+        return info
+
+    async def _roll_back(self, key: str, written: ObjectInfo, previous: _Previous) -> None:
+        """Undo a committed write of ``key`` if the stored object is still the one it wrote (its token):
+        delete it, or put back the version it replaced."""
+        try:
+            if await self._own_write(key, written.metadata, META_KEY_SHA256 in written.metadata) is None:
+                log.warning("S3 %s: %r was replaced by another writer before a cancelled write could be rolled "
+                            "back; the newer object stays", self.describe(), key)
+                return
+            if not previous.existed:
+                await self._delete_quietly(key)
+            elif previous.data is not None:
+                assert previous.metadata is not None
+                await self._conditions_honoured()
+                params = {"Bucket": self.bucket, "Key": self._full(key), "Body": previous.data,
+                          "ContentLength": len(previous.data), "Metadata": previous.metadata,
+                          **self._sse(previous.encrypted)}
+                if self._conditional_ok:
+                    params.update(self._condition_params(False, written.etag))
+                await self._request("put_object", key=key, **params)
+            elif previous.backup_key:
+                sse = self._sse(previous.encrypted)
+                copy_sse = {"CopySourceSSECustomerAlgorithm": "AES256",
+                            "CopySourceSSECustomerKey": sse["SSECustomerKey"]} if sse else {}
+                await self._request("copy_object", key=key, Bucket=self.bucket, Key=self._full(key),
+                                    CopySource={"Bucket": self.bucket, "Key": self._full(previous.backup_key)},
+                                    MetadataDirective="COPY", **sse, **copy_sse)
+            else:
+                log.warning("S3 %s: a cancelled write replaced %r, whose previous version could not be kept; it "
+                            "stays replaced", self.describe(), key)
+        except ConcurrentModificationError:
+            log.warning("S3 %s: %r changed during the roll-back of a cancelled write; the newer object stays",
+                        self.describe(), key)
+        finally:
+            if previous.backup_key:
+                await self._delete_quietly(previous.backup_key)
+
+    async def _delete_quietly(self, key: str) -> None:
+        with contextlib.suppress(NoSuchFileError):
+            await self._request("delete_object", key=key, Bucket=self.bucket, Key=self._full(key))
 
     # ------------------------------------------------------------------ writes
 
     def _write_metadata(self, metadata: dict[str, str] | None, encrypted: bool, crc: int | None) -> dict[str, str]:
-        meta = {**(metadata or {}), **self.encryption_metadata(encrypted)}
+        """The metadata an object is written with: the caller's, the key fingerprint, the CRC32C and a fresh
+        write token (which makes the write recognisable as this call's own)."""
+        meta = {**user_metadata(metadata or {}), **self.encryption_metadata(encrypted),
+                META_WRITE_TOKEN: new_write_token()}
         if crc is not None:
             meta[META_CRC32C] = crc32c_to_b64(crc)
         return meta
@@ -696,30 +968,95 @@ class S3Backend(Backend):
     def _checksum_param(self, crc: int) -> dict[str, str]:
         return {"ChecksumCRC32C": crc32c_to_b64(crc)} if self._send_checksums else {}
 
+    async def _send_put(self, key: str, body: Callable[[], Any], length: int, crc: int, meta: dict[str, str],
+                        encrypted: bool, condition: dict[str, str], *, check_own: bool = True) -> ObjectInfo:
+        """One PutObject, retried. The one place (for botocore's requests and the direct ones alike) where a
+        conditional put whose retry is refused (412/409) checks whether the refusal is of its own first attempt,
+        applied though its answer was lost: then the object carries this call's token and the put succeeded."""
+        tries = [0]
+        try:
+            response = await self._put_with_checksum_fallback(
+                key, lambda: {"Bucket": self.bucket, "Key": self._full(key), "Body": body(), "ContentLength": length,
+                              "Metadata": meta, **self._checksum_param(crc), **self._sse(encrypted), **condition},
+                tries=tries)
+        except ConcurrentModificationError:
+            # Retries happen below this counter too (aiohttp repeats an idempotent request whose connection
+            # closed), so every refusal is checked, unless the caller checks the object itself (check_own).
+            own = await self._own_write(key, meta, encrypted) if check_own or tries[0] > 1 else None
+            if own is None:
+                raise
+            return own
+        return ObjectInfo(key, length, _quoted(response.get("ETag")), time.time(), meta)
+
     async def _put_object(self, key: str, body: Any, length: int, crc: int, meta: dict[str, str], *,
-                          encrypted: bool, if_absent: bool = False, if_match: str | None = None) -> ObjectInfo:
-        conditional = self._condition_params(if_absent, if_match)
-        if conditional and not await self._conditions_honoured():
-            await self._check_condition(key, if_absent, if_match)
-            conditional = {}
+                          encrypted: bool, if_absent: bool = False, if_match: str | None = None,
+                          previous: _Previous | None = None) -> ObjectInfo:
+        """Store one object with one PutObject, committed with :meth:`_commit`. Unconditional puts are sent with
+        ``If-None-Match: *`` first (a create, the common case, costs one request); an existing object is then
+        captured (:meth:`_capture`) and replaced with ``If-Match`` on its ETag, so that what a roll-back puts
+        back is exactly what was replaced. ``previous``: the replaced version, already in hand (update_object)."""
+        honoured = await self._conditions_honoured(required=if_absent or if_match is not None)
         body_factory = body if callable(body) else (lambda: body)
-        response = await self._put_with_checksum_fallback(
-            key, lambda: {"Bucket": self.bucket, "Key": self._full(key), "Body": body_factory(),
-                          "ContentLength": length, "Metadata": meta, **self._checksum_param(crc),
-                          **self._sse(encrypted), **conditional})
-        return ObjectInfo(key, length, response.get("ETag"), time.time(), meta)
+
+        async def send(condition: dict[str, str], check_own: bool = True) -> ObjectInfo:
+            return await self._send_put(key, body_factory, length, crc, meta, encrypted, condition,
+                                        check_own=check_own)
+
+        async def replace(prev: _Previous, condition: dict[str, str]) -> tuple[ObjectInfo, _Previous]:
+            try:
+                return await send(condition), prev
+            except BaseException:
+                if prev.backup_key:
+                    await run_uncancelled(lambda: self._delete_quietly(prev.backup_key or ""))
+                raise
+
+        async def commit() -> tuple[ObjectInfo, _Previous]:
+            if if_absent:
+                if not honoured:
+                    await self._check_condition(key, True, None)
+                return await send(self._condition_params(True, None) if honoured else {}), _Previous(existed=False)
+            if if_match is not None:
+                prev = previous or await self._capture(key, if_match=if_match)
+                if not honoured:
+                    await self._check_condition(key, False, if_match)
+                return await replace(prev, self._condition_params(False, if_match) if honoured else {})
+            if not honoured:
+                return await replace(await self._capture(key), {})
+            for _ in range(_MAX_OVERWRITE_TRIES):
+                with contextlib.suppress(ConcurrentModificationError):  # the key exists: replace it
+                    return await send(self._condition_params(True, None), False), _Previous(existed=False)
+                try:
+                    prev = await self._capture(key)
+                except ConcurrentModificationError:
+                    continue  # replaced or deleted while it was read: start again
+                if not prev.existed:
+                    continue  # deleted meanwhile: create it again
+                if prev.token == meta[META_WRITE_TOKEN]:  # the create was applied, its answer lost
+                    if prev.backup_key:
+                        await self._delete_quietly(prev.backup_key)
+                    return ObjectInfo(key, length, _quoted(prev.etag), time.time(), meta), _Previous(existed=False)
+                with contextlib.suppress(ConcurrentModificationError):  # replaced meanwhile: once more
+                    return await replace(prev, self._condition_params(False, prev.etag))
+            raise ConcurrentModificationError(f"{key!r} kept being replaced by other writers while this write tried "
+                                              f"to replace it ({_MAX_OVERWRITE_TRIES} tries)")
+
+        return await self._commit(key, commit)
 
     async def _put_with_checksum_fallback(self, key: str, params: Callable[[], dict[str, Any]],
-                                          operation: str = "put_object") -> Any:
+                                          operation: str = "put_object", tries: list[int] | None = None) -> Any:
         try:
-            return await self._request(operation, key=key, **params())
+            return await self._request(operation, key=key, tries=tries, **params())
         except TransferError as error:
             code = _error_code(error.__cause__)
             if self._send_checksums and code in ("InvalidArgument", "NotImplemented", "InvalidRequest") and \
                     "checksum" in str(error.__cause__).lower():
                 self._send_checksums = False  # the server rejects flexible checksums: rely on ajs-crc32c alone
-                return await self._request(operation, key=key, **params())
+                return await self._request(operation, key=key, tries=tries, **params())
             raise
+
+    def _put_body(self, data: bytes) -> Any:
+        return data if len(data) <= MiB else (
+            lambda: _SliceBody(length=len(data), buffer=data, slice_size=self.transfer.io_slice_size))
 
     async def put_bytes(self, key: str, data: bytes, *, metadata: dict[str, str] | None = None,
                         if_absent: bool = False, if_match: str | None = None, encrypted: bool = False) -> ObjectInfo:
@@ -727,10 +1064,24 @@ class S3Backend(Backend):
         data = bytes(data)
         crc = await crc32c_async(data)
         meta = self._write_metadata(metadata, encrypted, crc)
-        body: Any = data if len(data) <= MiB else (
-            lambda: _SliceBody(length=len(data), buffer=data, slice_size=self.transfer.io_slice_size))
-        return await self._put_object(key, body, len(data), crc, meta, encrypted=encrypted, if_absent=if_absent,
-                                      if_match=if_match)
+        return await self._put_object(key, self._put_body(data), len(data), crc, meta, encrypted=encrypted,
+                                      if_absent=if_absent, if_match=if_match)
+
+    async def update_object(self, key: str, edit: Callable[[bytes], bytes], *,
+                            metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """A compare-and-swap on ``If-Match``: the object read, edited and written back only if it is still the
+        version read; its user metadata and encryption are kept unless ``metadata`` is given. The version read
+        is the one a cancelled commit puts back. A retry after a lost answer recognises its own write."""
+        validate_key(key)
+        data, info = await self.get_object(key)
+        encrypted = META_KEY_SHA256 in info.metadata
+        new = await anyio.to_thread.run_sync(edit, data) if len(data) > 256 * 1024 else edit(data)
+        new = bytes(new)
+        crc = await crc32c_async(new)
+        meta = self._write_metadata(user_metadata(info.metadata) if metadata is None else metadata, encrypted, crc)
+        previous = _Previous(existed=True, etag=info.etag, data=data, metadata=info.metadata, encrypted=encrypted)
+        return await self._put_object(key, self._put_body(new), len(new), crc, meta, encrypted=encrypted,
+                                      if_match=info.etag or "", previous=previous)
 
     async def upload_file(self, path: str | PathLike[str], key: str, *, metadata: dict[str, str] | None = None,
                           encrypted: bool = False, progress: ProgressCallback | None = None) -> ObjectInfo:
@@ -775,8 +1126,8 @@ class S3Backend(Backend):
         """Upload ``parts`` as one multipart upload (at most ``share()`` in flight, when given); abort it on any
         failure or cancellation."""
         upload = _MultipartUpload(self, key, meta, encrypted)
-        await upload.start()
         try:
+            await upload.start()
             async with PartWindow(self.transfer.max_concurrency, share=share) as window:
                 for part in parts:
                     await window.submit(upload.send_part, part, body, crcs[part.number - 1], report)
@@ -803,6 +1154,9 @@ class S3Backend(Backend):
             raise
         finally:
             writer.parts.close()
+            if writer._spool is not None:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(writer.discard_spool)
 
     # ------------------------------------------------------------------ copies
 
@@ -816,7 +1170,8 @@ class S3Backend(Backend):
         return await self._server_copy(self.bucket, self._full(src), info, sse, dst, metadata)
 
     async def copy_from(self, source: Backend, src_key: str, dst_key: str) -> ObjectInfo | None:
-        """Server-side copy from another S3 store on the same endpoint (any bucket); ``None`` when impossible."""
+        """Server-side copy from another S3 store on the same endpoint (any bucket); ``None`` when impossible
+        (also for a source without a recorded CRC32C: the caller streams it, and the stream records one)."""
         if not isinstance(source, S3Backend) or source.endpoint_url != self.endpoint_url:
             return None
         validate_key(src_key)
@@ -827,38 +1182,54 @@ class S3Backend(Backend):
         info, sse = head
         if sse and source.sse_key != self.sse_key:
             return None  # the destination could not re-encrypt with the source's key
+        if META_CRC32C not in info.metadata:
+            return None
         return await self._server_copy(source.bucket, source._full(src_key), info, sse, dst_key, None)
 
     async def _server_copy(self, src_bucket: str, src_full: str, info: ObjectInfo, src_sse: dict[str, Any],
-                           dst: str, metadata: dict[str, str] | None, *, if_match: str | None = None) -> ObjectInfo:
-        meta = {**info.metadata, **(metadata or {})}
+                           dst: str, metadata: dict[str, str] | None) -> ObjectInfo:
+        """Copy server-side (CopyObject, or UploadPartCopy above 5 GiB) with a fresh write token, committed with
+        :meth:`_commit`. A source without a recorded CRC32C, or one the server cannot copy (SSE-C on Ceph RGW
+        16), is streamed through this client instead, which records the checksum."""
         encrypted = bool(src_sse)
+        meta = {**info.metadata, **user_metadata(metadata or {}), META_WRITE_TOKEN: new_write_token()}
+        if META_CRC32C not in meta and src_bucket == self.bucket:
+            return await self._stream_copy(src_full[len(self.root):], dst, meta)
         source = {"Bucket": src_bucket, "Key": src_full}
         copy_sse = {"CopySourceSSECustomerAlgorithm": "AES256",
                     "CopySourceSSECustomerKey": src_sse["SSECustomerKey"]} if src_sse else {}
+        pin = {"CopySourceIfMatch": info.etag} if info.etag else {}
         if info.size <= MAX_COPY_OBJECT:
-            extra = {"CopySourceIfMatch": if_match} if if_match else {}
+            async def commit() -> tuple[ObjectInfo, _Previous]:
+                previous = await self._capture(dst)
+                try:
+                    response = await self._request(
+                        "copy_object", key=dst, Bucket=self.bucket, Key=self._full(dst), CopySource=source,
+                        MetadataDirective="REPLACE", Metadata=meta, **self._sse(encrypted), **copy_sse, **pin)
+                except BaseException:
+                    if previous.backup_key:
+                        await self._delete_quietly(previous.backup_key)
+                    raise
+                etag = response.get("CopyObjectResult", {}).get("ETag")
+                return ObjectInfo(dst, info.size, _quoted(etag), time.time(), meta), previous
+
             try:
-                response = await self._request(
-                "copy_object", key=dst, Bucket=self.bucket, Key=self._full(dst), CopySource=source,
-                    MetadataDirective="REPLACE", Metadata=meta, **self._sse(encrypted), **copy_sse, **extra)
+                return await self._commit(dst, commit)
             except TransferError as error:
-                if not (encrypted and _error_code(error.__cause__) == "NotImplemented") or src_bucket != self.bucket \
-                        or if_match:
+                if not (encrypted and _error_code(error.__cause__) == "NotImplemented") or src_bucket != self.bucket:
                     raise
                 # Ceph RGW 16 cannot copy SSE-C objects server-side: stream the bytes through this client.
                 return await self._stream_copy(src_full[len(self.root):], dst, meta)
-            etag = response.get("CopyObjectResult", {}).get("ETag")
-            return ObjectInfo(dst, info.size, _quoted(etag), time.time(), meta)
         upload = _MultipartUpload(self, dst, meta, encrypted)
-        await upload.start()
         parts = plan_parts(info.size, max(self.transfer.part_size, 512 * MiB), max_parts=self.transfer.max_parts)
         try:
+            await upload.start()
+
             async def one(part: Part) -> None:
                 response = await self._request(
                     "upload_part_copy", key=dst, Bucket=self.bucket, Key=self._full(dst), UploadId=upload.upload_id,
                     PartNumber=part.number, CopySource=source, CopySourceRange=f"bytes={part.offset}-{part.end - 1}",
-                    **({"CopySourceIfMatch": info.etag} if info.etag else {}), **self._sse(encrypted), **copy_sse)
+                    **pin, **self._sse(encrypted), **copy_sse)
                 upload.etags[part.number] = response["CopyPartResult"]["ETag"]
 
             await run_parts(parts, one, max_concurrency=self.transfer.max_concurrency)
@@ -867,10 +1238,40 @@ class S3Backend(Backend):
             await upload.abort()
             raise
 
+    async def _record_crc(self, info: ObjectInfo, crc: int, upload: _MultipartUpload) -> ObjectInfo:
+        """Record a completed stream's whole-object CRC32C: a server-side copy onto itself, pinned to the ETag it
+        was completed with, with the checksum added to its metadata (same write token). A retry refused after a
+        lost answer finds its own copy (token and checksum). On a server that cannot copy SSE-C objects (Ceph RGW
+        16) an encrypted stream keeps no whole-object checksum: that is logged, and readers requiring one refuse
+        it (see the module docstring)."""
+        key = upload.key
+        meta = {**upload.meta, META_CRC32C: crc32c_to_b64(crc)}
+        sse = self._sse(upload.encrypted)
+        copy_sse = {"CopySourceSSECustomerAlgorithm": "AES256",
+                    "CopySourceSSECustomerKey": sse["SSECustomerKey"]} if sse else {}
+        tries = [0]
+        try:
+            response = await self._request(
+                "copy_object", key=key, tries=tries, Bucket=self.bucket, Key=self._full(key),
+                CopySource={"Bucket": self.bucket, "Key": self._full(key)}, MetadataDirective="REPLACE",
+                Metadata=meta, **({"CopySourceIfMatch": info.etag} if info.etag else {}), **sse, **copy_sse)
+        except ConcurrentModificationError:
+            own = await self._own_write(key, meta, upload.encrypted)
+            if own is None or own.metadata.get(META_CRC32C) != meta[META_CRC32C]:
+                raise
+            return own
+        except TransferError as error:
+            if not (upload.encrypted and _error_code(error.__cause__) == "NotImplemented"):
+                raise
+            log.warning("S3 %s: the server cannot copy SSE-C objects, so the encrypted stream %r keeps no "
+                        "whole-object CRC32C", self.describe(), key)
+            return info
+        etag = response.get("CopyObjectResult", {}).get("ETag")
+        return ObjectInfo(key, info.size, _quoted(etag), time.time(), meta)
+
     async def _stream_copy(self, src: str, dst: str, meta: dict[str, str]) -> ObjectInfo:
-        user_meta = {k: v for k, v in meta.items() if not k.startswith("ajs-")}
-        async with self.open_reader(src) as reader, self.open_writer(dst, metadata=user_meta,
-                                                                     encrypted=True) as writer:
+        async with self.open_reader(src) as reader, self.open_writer(dst, metadata=user_metadata(meta),
+                                                                     encrypted=META_KEY_SHA256 in meta) as writer:
             async for chunk in reader:
                 await writer.write(chunk)
         info = await self.stat(dst)
@@ -996,6 +1397,7 @@ class S3Backend(Backend):
                     if head is None:
                         raise NoSuchFileError(key)
                     info, sse = head
+                    self._require_recorded(key, info)
                     lo, hi = clamp_range(start, end, info.size)
                     pieces: list[bytes] = []
 
@@ -1008,12 +1410,22 @@ class S3Backend(Backend):
                         return data, info
             except _ReplacedWhileReading:
                 continue  # a writer replaced the object while it was read: read the new version whole
+            self._require_recorded(key, info)
             if await self._crc_ok(info, await crc32c_async(data), len(data)):
                 return data, info
             mismatches += 1
             if mismatches == 2:
                 raise _integrity_error(key, info)
         raise TransferError(f"{key!r} kept being replaced while it was read ({_MAX_REREADS} tries); read it again")
+
+    def _require_recorded(self, key: str, info: ObjectInfo) -> None:
+        """With ``require_checksum``: refuse an object without the CRC32C every aiojobstore write records."""
+        if self.require_checksum and META_CRC32C not in info.metadata:
+            raise IntegrityError(
+                f"{key!r} in {self.describe()} carries no aiojobstore checksum (metadata {META_CRC32C}): it was not "
+                "written by aiojobstore (replaced by a plain PUT from another tool?). To read it anyway, open the "
+                "location with aiojobstore.open_backend(), whose reads do not require the checksum, or import it "
+                "by its s3:// URL")
 
     async def _crc_ok(self, info: ObjectInfo, crc: int, size: int) -> bool:
         if size != info.size:
@@ -1028,12 +1440,18 @@ class S3Backend(Backend):
         if head is None:
             raise NoSuchFileError(key)
         info, sse = head
+        self._require_recorded(key, info)
         lo, hi = clamp_range(start, end, info.size)
         whole = (lo, hi) == (0, info.size)
         ranges = byte_ranges(lo, hi, min(self.transfer.part_size, _READ_RANGE))
         results: dict[int, list[bytes] | BaseException] = {}
         ready = {r.number: anyio.Event() for r in ranges}
         slots = anyio.Semaphore(_READ_AHEAD)
+        budget = self.limits.memory
+        held: dict[int, int] = {}  # range number -> bytes of the store's memory budget it holds
+
+        def release(number: int) -> None:
+            budget.release(held.pop(number, 0))
 
         async def fetch(part: Part) -> None:
             pieces: list[bytes] = []
@@ -1052,6 +1470,8 @@ class S3Backend(Backend):
         async def produce(task_group: Any) -> None:
             for part in ranges:
                 await slots.acquire()
+                await budget.acquire(part.length)  # read-ahead is buffered: it counts against max_memory
+                held[part.number] = part.length
                 task_group.start_soon(fetch, part)
 
         async def chunks() -> AsyncIterator[bytes]:
@@ -1066,6 +1486,7 @@ class S3Backend(Backend):
                     value = await crc32c_async(result, value)
                 for piece in result:
                     yield piece
+                release(part.number)
             if whole and not await self._crc_ok(info, value, hi - lo):
                 raise _integrity_error(key, info)
 
@@ -1083,6 +1504,9 @@ class S3Backend(Backend):
             if len(group.exceptions) == 1:
                 raise group.exceptions[0] from None
             raise
+        finally:
+            for number in list(held):  # ranges fetched (or being fetched) but never consumed
+                release(number)
 
     async def download_file(self, key: str, path: str | PathLike[str], *,
                             progress: ProgressCallback | None = None) -> ObjectInfo:
@@ -1094,6 +1518,7 @@ class S3Backend(Backend):
                 if head is None:
                     raise NoSuchFileError(key)
                 info, sse = head
+                self._require_recorded(key, info)
                 if await self._download_once(key, info, sse, target, progress, share):
                     return info
                 if attempt == 2:
@@ -1241,6 +1666,14 @@ def _maybe_misfit(error: BaseException) -> bool:
 
 _RECEIVER_MISFITS = {_UNSIGNABLE, 0, 400, 401, 403, 405, 411, 501, 505}
 
+def _server_time(response: dict[str, Any]) -> float:
+    """The server's clock when it answered (its ``Date`` header), else this machine's."""
+    date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    with contextlib.suppress(TypeError, ValueError):
+        return parsedate_to_datetime(date).timestamp()
+    return time.time()
+
+
 def _bare(etag: str | None) -> str | None:
     return None if etag is None else etag.strip('"')
 
@@ -1255,8 +1688,28 @@ def _integrity_error(key: str, info: ObjectInfo) -> IntegrityError:
                           "stored object is corrupt or was changed outside the store")
 
 
+@dataclass
+class _Previous:
+    """What a commit replaced, kept to put it back if the caller is cancelled during the commit: nothing
+    (``existed`` False), its bytes and metadata, or a server-side copy at ``backup_key``."""
+
+    existed: bool
+    etag: str | None = None
+    data: bytes | None = None
+    metadata: dict[str, str] | None = None
+    encrypted: bool = False
+    backup_key: str | None = None
+    restorable: bool = True
+    token: str | None = None
+
+
 class _MultipartUpload:
-    """One multipart upload: start, parts (with retries), complete (optionally conditional), abort."""
+    """One multipart upload: start, parts (with retries), complete (optionally conditional), abort.
+
+    The upload carries the object's metadata, with this call's write token, from CreateMultipartUpload on. A
+    create whose answer was lost is retried; the uploads an earlier attempt created meanwhile are found with
+    ListMultipartUploads (pending on the key now, not before the create) and aborted. The create runs to completion
+    whatever cancellation arrives, and what it created is aborted if the caller was cancelled."""
 
     def __init__(self, backend: S3Backend, key: str, meta: dict[str, str], encrypted: bool, *,
                  if_absent: bool = False) -> None:
@@ -1272,14 +1725,49 @@ class _MultipartUpload:
 
     async def start(self) -> None:
         b = self.backend
-        response = await b._request("create_multipart_upload", key=self.key, Bucket=b.bucket, Key=self.full,
-                                    Metadata=self.meta, **b._sse(self.encrypted),
+        await b._conditions_honoured(required=self.if_absent)  # a first write probes before its parts go out
+        tries = [0]
+        before = await self._uploads()  # to tell this call's uploads from those already pending
+
+        async def create() -> dict[str, Any]:
+            return await b._request("create_multipart_upload", key=self.key, tries=tries, Bucket=b.bucket,
+                                    Key=self.full, Metadata=self.meta, **b._sse(self.encrypted),
                                     **({"ChecksumAlgorithm": "CRC32C"} if b._send_checksums else {}))
+
+        async def abort_created(response: dict[str, Any]) -> None:
+            await b._abort(self.full, response["UploadId"])
+
+        try:
+            response = await commit_or_roll_back(create, abort_created)
+        except BaseException:
+            if tries[0] > 1:
+                await run_uncancelled(lambda: self._abort_strays(before, None))
+            raise
         self.upload_id = response["UploadId"]
+        if tries[0] > 1:
+            await run_uncancelled(lambda: self._abort_strays(before, self.upload_id))
+
+    async def _uploads(self) -> set[str] | None:
+        """The IDs of the uploads pending on this key (``None`` if they cannot be listed)."""
+        b = self.backend
+        try:
+            page = await b._request("list_multipart_uploads", what="uploads", Bucket=b.bucket, Prefix=self.full)
+        except JobStoreError:
+            return None
+        return {u["UploadId"] for u in page.get("Uploads", []) if u["Key"] == self.full}
+
+    async def _abort_strays(self, before: set[str] | None, keep: str | None) -> None:
+        """Abort the uploads of this key created during this call other than ``keep``: those of create
+        attempts whose answers were lost. (A concurrent writer of the very same key starting an upload meanwhile
+        would lose its upload too, and its write would fail: never data loss, and rare.)"""
+        now = await self._uploads()
+        if before is None or now is None:
+            return
+        for upload_id in now - before - {keep}:
+            await self.backend._abort(self.full, upload_id)
 
     async def send_part(self, part: Part, body: Callable[[Part], Any], crc: int, report: Progress | None) -> None:
         b = self.backend
-        sent = 0
 
         def params() -> dict[str, Any]:
             return {"Bucket": b.bucket, "Key": self.full, "UploadId": self.upload_id, "PartNumber": part.number,
@@ -1290,18 +1778,42 @@ class _MultipartUpload:
         self.etags[part.number] = response["ETag"]
         if b._send_checksums:
             self.checksums[part.number] = crc32c_to_b64(crc)
-        sent = part.length
         if report is not None:
-            await report.advance(sent)
+            await report.advance(part.length)
 
-    async def complete(self, size: int, *, checksums: bool = True, if_absent: bool | None = None) -> ObjectInfo:
+    async def complete(self, size: int, *, checksums: bool = True,
+                       then: Callable[[ObjectInfo], Awaitable[ObjectInfo]] | None = None) -> ObjectInfo:
+        """Commit the upload (and ``then``, a step that finishes the object, such as recording its checksum) with
+        :meth:`S3Backend._commit`: what the key held before is captured first, so that a caller cancelled during
+        the commit gets it back; a ``then`` that fails rolls the completed upload back."""
         b = self.backend
-        if_absent = self.if_absent if if_absent is None else if_absent
+        await b._conditions_honoured(required=self.if_absent)
+
+        async def commit() -> tuple[ObjectInfo, _Previous]:
+            previous = _Previous(existed=False) if self.if_absent else await b._capture(self.key)
+            try:
+                info = await self._complete(size, checksums)
+            except BaseException:
+                if previous.backup_key:
+                    await b._delete_quietly(previous.backup_key)
+                raise
+            if then is not None:
+                try:
+                    info = await then(info)
+                except BaseException:
+                    await b._roll_back(self.key, info, previous)
+                    raise
+            return info, previous
+
+        return await b._commit(self.key, commit)
+
+    async def _complete(self, size: int, checksums: bool) -> ObjectInfo:
+        b = self.backend
         conditional: dict[str, str] = {}
-        if if_absent:
+        if self.if_absent:
             # Ceph RGW 16 ignores If-None-Match on CompleteMultipartUpload: check first as well.
             await b._check_condition(self.key, True, None)
-            if await b._conditions_honoured():
+            if b._conditional_ok:
                 conditional = {"IfNoneMatch": "*"}
         parts = []
         for number in sorted(self.etags):
@@ -1309,17 +1821,29 @@ class _MultipartUpload:
             if checksums and number in self.checksums and b._send_checksums:
                 entry["ChecksumCRC32C"] = self.checksums[number]
             parts.append(entry)
-        try:
-            await b._request("complete_multipart_upload", key=self.key, Bucket=b.bucket, Key=self.full,
+        tries = [0]
+
+        async def send(condition: dict[str, str]) -> None:
+            await b._request("complete_multipart_upload", key=self.key, tries=tries, Bucket=b.bucket, Key=self.full,
                              UploadId=self.upload_id, MultipartUpload={"Parts": parts}, **b._sse(self.encrypted),
-                             **conditional)
-        except TransferError as error:
-            if conditional and _error_code(error.__cause__) in ("NotImplemented", "InvalidArgument"):
+                             **condition)
+
+        try:
+            try:
+                await send(conditional)
+            except TransferError as error:
+                if not conditional or _error_code(error.__cause__) not in ("NotImplemented", "InvalidArgument"):
+                    raise
                 await b._check_condition(self.key, True, None)
-                await b._request("complete_multipart_upload", key=self.key, Bucket=b.bucket, Key=self.full,
-                                 UploadId=self.upload_id, MultipartUpload={"Parts": parts}, **b._sse(self.encrypted))
-            else:
+                await send({})
+        except (ConcurrentModificationError, NoSuchFileError):
+            # A retry refused (412) or finding no upload (completed by the attempt whose answer was lost): the
+            # object is this call's if it carries this call's token.
+            own = await b._own_write(self.key, self.meta, self.encrypted)
+            if own is None:
                 raise
+            self.upload_id = None
+            return ObjectInfo(self.key, size, _quoted(own.etag), own.mtime, self.meta)
         self.upload_id = None
         # CompleteMultipartUpload's ETag is empty on Ceph RGW: HEAD for the real one.
         head = await b._head_raw(self.key, b._sse(self.encrypted))
@@ -1329,13 +1853,16 @@ class _MultipartUpload:
     async def abort(self) -> None:
         if self.upload_id is not None:
             upload_id, self.upload_id = self.upload_id, None
-            with anyio.CancelScope(shield=True):
-                with contextlib.suppress(JobStoreError):
-                    await self.backend._abort(self.full, upload_id)
+            with contextlib.suppress(JobStoreError):
+                await run_uncancelled(lambda: self.backend._abort(self.full, upload_id))
 
 
 class _S3Writer:
-    """Buffers one part; full parts go to background uploads (a :class:`PartWindow`) while the caller writes."""
+    """Buffers one part; full parts go to background uploads (a :class:`PartWindow`) while the caller writes.
+
+    An encrypted stream longer than one part, on a server that cannot copy SSE-C objects (Ceph RGW 16), could
+    not have its checksum recorded after completion; it is spooled to a temp file instead and uploaded from it
+    like ``upload_file``, with the checksum at CreateMultipartUpload (local disk I/O for the size of the stream)."""
 
     def __init__(self, backend: S3Backend, key: str, metadata: dict[str, str] | None, if_absent: bool,
                  encrypted: bool) -> None:
@@ -1353,6 +1880,7 @@ class _S3Writer:
         self._crcs: dict[int, tuple[int, int]] = {}
         self._next_part = 1
         self._closed = False
+        self._spool: tuple[int, str] | None = None  # (fd, path) of the temp file, when spooling
 
     async def write(self, data: Buffer) -> int:
         if self._closed:
@@ -1364,6 +1892,13 @@ class _S3Writer:
     async def _hand_off(self, part: PartBuffer) -> None:
         try:
             b = self.backend
+            if self._upload is None and self._spool is None and self.encrypted and not await b._copies_sse_c():
+                self._spool = await anyio.to_thread.run_sync(functools.partial(
+                    tempfile.mkstemp, prefix="aiojobstore-s3-stream-"))
+            if self._spool is not None:
+                await anyio.to_thread.run_sync(_write_all, self._spool[0], part.view)
+                part.done(reuse=True)
+                return
             if self._upload is None:
                 self._upload = _MultipartUpload(b, self.key, b._write_metadata(self.metadata, self.encrypted, None),
                                                 self.encrypted, if_absent=self.if_absent)
@@ -1391,16 +1926,25 @@ class _S3Writer:
             part.done(reuse=sent)
 
     async def send_last_part(self) -> None:
-        """On a clean exit: hand the buffered tail to the window (multipart only)."""
+        """On a clean exit: hand the buffered tail to the window (multipart only) or the spool."""
         self._closed = True
-        if self._upload is not None:
+        if self._upload is not None or self._spool is not None:
             tail = self.parts.take_current()
             if tail is not None:
                 await self._hand_off(tail)
 
     async def complete(self) -> ObjectInfo:
-        """Commit: one PutObject for a short stream, else complete the upload and record the checksum."""
+        """Commit: one PutObject for a short stream, else complete the upload and record the checksum, as one
+        commit (a cancellation during it rolls both back)."""
         b = self.backend
+        if self._spool is not None:
+            fd, path = self._spool
+            await anyio.to_thread.run_sync(os.fsync, fd)
+            if self.if_absent:
+                await b._conditions_honoured(required=True)
+                await b._check_condition(self.key, True, None)
+            with b.limits.uploads.joined() as share:
+                return await b._upload_file(path, self.key, self.metadata, True, Progress(None), share)
         if self._upload is None:
             tail = self.parts.take_current()
             data = bytes(tail.view) if tail is not None else b""
@@ -1408,23 +1952,11 @@ class _S3Writer:
                 tail.done(reuse=False)
             crc = await crc32c_async(data)
             meta = b._write_metadata(self.metadata, self.encrypted, crc)
-            body: Any = data if len(data) <= MiB else (
-                lambda: _SliceBody(length=len(data), buffer=data, slice_size=b.transfer.io_slice_size))
-            return await b._put_object(self.key, body, len(data), crc, meta, encrypted=self.encrypted,
+            return await b._put_object(self.key, b._put_body(data), len(data), crc, meta, encrypted=self.encrypted,
                                        if_absent=self.if_absent)
         whole = combine_part_crcs(self._crcs[n] for n in sorted(self._crcs))
-        info = await self._upload.complete(self.bytes_written)
-        # Record the whole-object checksum: a server-side copy onto itself with the metadata completed.
-        meta = b._write_metadata(self.metadata, self.encrypted, whole)
-        source_info = ObjectInfo(self.key, self.bytes_written, info.etag, info.mtime, meta)
-        try:
-            return await b._server_copy(b.bucket, b._full(self.key), source_info, b._sse(self.encrypted),
-                                        self.key, None, if_match=info.etag)
-        except JobStoreError as error:
-            # The object is complete and correct; only its checksum could not be recorded (or someone replaced it
-            # meanwhile, and that newer object wins). Readers skip the whole-object check when there is none.
-            log.warning("could not record the CRC32C of %r in %s: %s", self.key, b.describe(), error)
-            return info
+        upload = self._upload
+        return await upload.complete(self.bytes_written, then=lambda info: b._record_crc(info, whole, upload))
 
     async def fail(self) -> None:
         self._closed = True
@@ -1432,16 +1964,28 @@ class _S3Writer:
             if self._upload is not None:
                 await self._upload.abort()
 
+    def discard_spool(self) -> None:
+        """Close and remove the spool file, if any (blocking)."""
+        spool, self._spool = self._spool, None
+        if spool is not None:
+            os.close(spool[0])
+            unlink_quietly(spool[1])
+
+
+def _write_all(fd: int, view: memoryview) -> None:
+    while view:
+        view = view[os.write(fd, view):]
+
 
 _OPTION_NAMES = ("endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-                 "profile_name")
+                 "profile_name", "conditional_writes")
 
 
 def from_locator(locator: Locator, *, transfer: TransferConfig | None = None, sse_key: bytes | str | None = None,
                  endpoint_url: str | None = None, region_name: str | None = None,
                  aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
                  aws_session_token: str | None = None, profile_name: str | None = None,
-                 **rest: Any) -> S3Backend:
+                 conditional_writes: str = "require", **rest: Any) -> S3Backend:
     """The S3 backend for an ``s3://bucket/prefix`` or ``aws:REGION:BUCKET`` locator (no I/O)."""
     if rest:
         raise JobStoreError(
@@ -1450,4 +1994,4 @@ def from_locator(locator: Locator, *, transfer: TransferConfig | None = None, ss
     return S3Backend(locator.bucket, locator.prefix, transfer=transfer, sse_key=sse_key, endpoint_url=endpoint_url,
                      region_name=region_name or locator.region, aws_access_key_id=aws_access_key_id,
                      aws_secret_access_key=aws_secret_access_key, aws_session_token=aws_session_token,
-                     profile_name=profile_name)
+                     profile_name=profile_name, conditional_writes=conditional_writes)
