@@ -13,10 +13,8 @@ Ceph RGW when installed) reached through :class:`tests.fault_proxy.FaultProxy`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -55,19 +53,8 @@ def make_backend(server: S3Server, endpoint_url: str, locator: str | None = None
     return backend
 
 
-class Proxy(FaultProxy):
-    """:class:`FaultProxy` whose exit wakes its accepting thread (a closed listening socket does not), instead of
-    waiting out the 5 s join."""
-
-    def __exit__(self, *exc: object) -> None:
-        self._stopped = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        super().__exit__(*exc)
-
-
 @asynccontextmanager
-async def proxied_store(server: S3Server, *rules: FaultRule, proxy_class: type[FaultProxy] = Proxy,
+async def proxied_store(server: S3Server, *rules: FaultRule, proxy_class: type[FaultProxy] = FaultProxy,
                         **options: object) -> AsyncIterator[tuple[S3Backend, FaultProxy]]:
     """A created store reaching ``server`` through a proxy with ``rules`` (no random faults); destroyed after."""
     with proxy_class(server.endpoint_url, rate=0, rules=list(rules)) as proxy:
@@ -156,7 +143,7 @@ async def test_update_object_keeps_metadata_and_encryption_through_a_lost_answer
 
 async def test_lost_answers_keep_job_counts_exact(server: S3Server) -> None:
     """create_job and update_job whose answers are lost: no "already exists", no double increment."""
-    with Proxy(server.endpoint_url, rate=0) as proxy:
+    with FaultProxy(server.endpoint_url, rate=0) as proxy:
         target = server.target(endpoint_url=proxy.endpoint_url)
         store = aiojobstore.open_store(target.locator, part_size=PART, **FAST_RETRIES, **target.options)
         await store.initialize()
@@ -464,7 +451,7 @@ async def test_backends_probing_at_once_all_find_conditions_honoured(server: S3S
         await first.close()
 
 
-class ConditionStrippingProxy(Proxy):
+class ConditionStrippingProxy(FaultProxy):
     """A server that ignores conditional writes: the proxy drops If-None-Match and If-Match from every request.
     (The headers are signed, so only a server that does not check signatures, moto, accepts the requests.)"""
 
