@@ -93,7 +93,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from os import PathLike
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import aiohttp
@@ -109,7 +109,6 @@ from ..errors import (
     NoSuchFileError,
     TransferError,
 )
-from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
     MiB,
@@ -137,6 +136,9 @@ from ..transfer import (
     with_retries,
 )
 from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, ReclaimReport, user_metadata, validate_key
+
+if TYPE_CHECKING:
+    from ..locator import Locator
 
 log = logging.getLogger("aiojobstore.gcs")
 

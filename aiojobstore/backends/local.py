@@ -60,7 +60,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -74,7 +74,6 @@ from ..errors import (
     StorageFullError,
 )
 from ..inline import inline_active, to_thread
-from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
     Part,
@@ -99,6 +98,9 @@ from .base import (
     user_metadata,
     validate_key,
 )
+
+if TYPE_CHECKING:
+    from ..locator import Locator
 
 log = logging.getLogger("aiojobstore.local")
 

@@ -12,15 +12,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from os import PathLike
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ..errors import ConcurrentModificationError, IntegrityError, NoSuchFileError
-from ..locator import Locator
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import Progress, ProgressCallback, TransferConfig, crc32c, crc32c_from_b64, crc32c_to_b64
 from .base import META_CRC32C, Backend, ObjectInfo, reject_unknown_options, user_metadata, validate_key
+
+if TYPE_CHECKING:
+    from ..locator import Locator
 
 _READ_CHUNK = 1 << 20
 

@@ -115,7 +115,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from os import PathLike
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -131,7 +131,6 @@ from ..errors import (
     NoSuchFileError,
     TransferError,
 )
-from ..locator import Locator
 from ..rangeget import RangeBroken, RangeGetter, RangeRefused
 from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
 from ..transfer import (
@@ -165,6 +164,9 @@ from ..transfer import (
 )
 from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, ReclaimReport, user_metadata, validate_key
 from .s3direct import S3DirectRequests, bucket_url_from_presigned, sse_headers
+
+if TYPE_CHECKING:
+    from ..locator import Locator
 
 if sys.version_info < (3, 11):  # pragma: no cover
     from exceptiongroup import BaseExceptionGroup
