@@ -38,6 +38,7 @@ from .commit import run_uncancelled
 from .errors import (
     ConcurrentModificationError,
     CorruptRecordError,
+    EncryptionKeyError,
     IntegrityError,
     InvalidKeyError,
     InvalidLocatorError,
@@ -842,9 +843,12 @@ class JobStore:
             yield reader
 
     async def shared_file_exists(self, shared_file_name: str) -> bool:
-        """Whether a shared file of this name exists."""
+        """Whether a shared file of this name exists (no key needed for an encrypted one, on every backend)."""
         self._require_ready()
-        return await self.backend.stat(shared_key(shared_file_name)) is not None
+        try:
+            return await self.backend.stat(shared_key(shared_file_name)) is not None
+        except EncryptionKeyError:  # S3 answers a HEAD without the SSE-C key with 400: it exists
+            return True
 
     # ------------------------------------------------------------------------------------------------ logs
 

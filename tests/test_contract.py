@@ -720,3 +720,22 @@ async def test_read_file_with_link_gives_the_content_and_the_executable_bit(stor
     assert out_plain.read_bytes() == b"plain"
     await store.read_file(plain_id, out_plain, link=True)  # replaces the earlier read atomically
     assert out_plain.read_bytes() == b"changed"
+
+
+async def test_shared_file_exists_without_the_key_is_true_for_an_encrypted_file(store_target):
+    """Existence needs no key, on every backend that encrypts (file: and memory: refuse keys altogether)."""
+    if store_target.locator.startswith(("memory:", "file:")):
+        pytest.skip("file: and memory: do not encrypt at rest (they refuse an sse_key)")
+    keyed = open_target(store_target, sse_key=KEY)
+    await keyed.initialize()
+    try:
+        async with keyed.write_shared_file_stream("secret", encrypted=True) as writer:
+            await writer.write(b"top secret")
+        keyless = open_target(store_target)
+        await keyless.resume()
+        assert await keyless.shared_file_exists("secret")
+        assert not await keyless.shared_file_exists("other")
+        await keyless.close()
+    finally:
+        await keyed.destroy()
+        await keyed.close()
