@@ -28,7 +28,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 from urllib.parse import unquote, urlparse
 
 import anyio
@@ -75,6 +75,11 @@ from .locator import open_backend, parse_locator
 from .objects import transfer_object
 from .streams import AsyncReader, AsyncWriter, TextReader, TextWriter
 from .transfer import ProgressCallback, TransferConfig
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import StoreOptions
 
 #: Age in seconds past which :meth:`JobStore.clean` takes what dead writers left for debris.
 DEFAULT_DEBRIS_AGE = 3600.0
@@ -1233,7 +1238,7 @@ async def _call(callback: Callable[[bytes], Any], data: bytes) -> Any:
 _STORE_OPTIONS = ("codec", "public_url_expires", "require_checksums", "http_idle_timeout")
 
 
-def open_store(locator: str | os.PathLike[str], **options: Any) -> JobStore:
+def open_store(locator: str | os.PathLike[str], **options: Unpack[StoreOptions]) -> JobStore:
     """Open the job store a locator names (no I/O yet): ``await store.initialize()`` or ``resume()`` next.
 
     Options: transfer settings (``part_size``, ``max_concurrency``, ``max_requests``, ``max_memory``,
@@ -1244,8 +1249,8 @@ def open_store(locator: str | os.PathLike[str], **options: Any) -> JobStore:
     ``fsync`` (local), and the backend's own (``endpoint_url``, ``region_name``, credentials, ``project``...).
     """
     parsed = parse_locator(locator)
-    options = dict(options)
-    transfer = options.pop("transfer", None) or TransferConfig.from_options(options)
-    store_options = {k: options.pop(k) for k in _STORE_OPTIONS if k in options}
-    backend = open_backend(parsed, transfer=transfer, **options)
-    return JobStore(backend, locator=parsed.text, backend_options=options, **store_options)
+    rest: dict[str, Any] = dict(options)
+    transfer = rest.pop("transfer", None) or TransferConfig.from_options(rest)
+    store_options = {k: rest.pop(k) for k in _STORE_OPTIONS if k in rest}
+    backend = open_backend(parsed, transfer=transfer, **rest)
+    return JobStore(backend, locator=parsed.text, backend_options=rest, **store_options)

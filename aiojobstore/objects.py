@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlparse
 
 from .backends.base import Backend, ObjectInfo
@@ -26,6 +26,11 @@ from .errors import InvalidLocatorError, InvalidOptionError, NoSuchFileError
 from .locator import Locator, open_backend, parse_locator
 from .streams import AsyncReader, AsyncWriter
 from .transfer import ProgressCallback, TransferConfig
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import ObjectStoreOptions
 
 _COPY_CHUNK = 1 << 20
 
@@ -147,7 +152,7 @@ class ObjectStore:
         return await self.backend.presign(key, expires)
 
 
-def open_object_store(url: str | os.PathLike[str], **options: Any) -> ObjectStore:
+def open_object_store(url: str | os.PathLike[str], **options: Unpack[ObjectStoreOptions]) -> ObjectStore:
     """Open the object store at ``url`` (no I/O yet): ``s3://bucket/prefix``, ``gs://bucket/prefix``,
     ``file:/dir`` (or a plain path), ``memory:NAME``.
 
@@ -156,9 +161,9 @@ def open_object_store(url: str | os.PathLike[str], **options: Any) -> ObjectStor
     ``sse_key``, and the backend's own (``endpoint_url``, credentials, ``project``, ``fsync``, ...).
     """
     parsed = parse_locator(url)
-    options = dict(options)
-    transfer = options.pop("transfer", None) or TransferConfig.from_options(options)
-    return ObjectStore(open_backend(parsed, transfer=transfer, **options), url=parsed.text)
+    rest: dict[str, Any] = dict(options)
+    transfer = rest.pop("transfer", None) or TransferConfig.from_options(rest)
+    return ObjectStore(open_backend(parsed, transfer=transfer, **rest), url=parsed.text)
 
 
 def split_object_url(url: str | os.PathLike[str]) -> tuple[Locator, str]:
@@ -229,7 +234,7 @@ def _end_options(locator: Locator, options: dict[str, Any]) -> dict[str, Any]:
 
 async def copy(src_url: str | os.PathLike[str], dst_url: str | os.PathLike[str], *,
                progress: ProgressCallback | None = None, source_options: dict[str, Any] | None = None,
-               dest_options: dict[str, Any] | None = None, **options: Any) -> ObjectInfo:
+               dest_options: dict[str, Any] | None = None, **options: Unpack[ObjectStoreOptions]) -> ObjectInfo:
     """Copy one object from ``src_url`` to ``dst_url`` — any two of ``s3://bucket/key``, ``gs://bucket/key``, a
     local path (or ``file:///path``) and ``memory:NAME/KEY`` — server-side where the services allow, else
     streamed without a temp file. ``options`` (as for :func:`open_object_store`) go to both ends, a local or
@@ -237,13 +242,14 @@ async def copy(src_url: str | os.PathLike[str], dst_url: str | os.PathLike[str],
     (an S3-to-GCS copy names each service's credentials there)."""
     src_locator, src_key = split_object_url(src_url)
     dst_locator, dst_key = split_object_url(dst_url)
+    shared: dict[str, Any] = dict(options)
     source = open_object_store(src_locator.text, **(source_options if source_options is not None
-                                                      else _end_options(src_locator, options)))
+                                                      else _end_options(src_locator, shared)))
     try:
         same_place = (src_locator.scheme, src_locator.bucket, src_locator.path, src_locator.name) == (
             dst_locator.scheme, dst_locator.bucket, dst_locator.path, dst_locator.name)
         dest = source if same_place and dest_options is None else open_object_store(
-            dst_locator.text, **(dest_options if dest_options is not None else _end_options(dst_locator, options)))
+            dst_locator.text, **(dest_options if dest_options is not None else _end_options(dst_locator, shared)))
         try:
             return await transfer_object(source.backend, src_key, dest.backend, dst_key, progress=progress)
         finally:

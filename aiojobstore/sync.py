@@ -18,7 +18,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
@@ -32,6 +32,11 @@ from .jobstore import open_store as _open_async_store
 from .objects import ObjectStore
 from .objects import copy as _async_copy
 from .objects import open_object_store as _open_async_object_store
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from .options import ObjectStoreOptions, StoreOptions
 
 T = TypeVar("T")
 F = TypeVar("F", bound="_Facade")
@@ -398,9 +403,9 @@ class SyncJobStore(_Facade, GeneratedJobStoreMethods):
 from contextlib import AbstractContextManager as contextlib_cm  # noqa: E402
 
 
-def open_store(locator: str | os.PathLike[str], **options: Any) -> SyncJobStore:
+def open_store(locator: str | os.PathLike[str], **options: Unpack[StoreOptions]) -> SyncJobStore:
     """Open a job store with the blocking API (same options as :func:`aiojobstore.open_store`)."""
-    return SyncJobStore(locator, options)
+    return SyncJobStore(locator, dict(options))
 
 
 class SyncObjectStore(_Facade, GeneratedObjectStoreMethods):
@@ -448,12 +453,13 @@ class SyncObjectStore(_Facade, GeneratedObjectStoreMethods):
             yield file
 
 
-def open_object_store(url: str | os.PathLike[str], **options: Any) -> SyncObjectStore:
+def open_object_store(url: str | os.PathLike[str], **options: Unpack[ObjectStoreOptions]) -> SyncObjectStore:
     """Open an object store with the blocking API (same options as :func:`aiojobstore.open_object_store`)."""
-    return SyncObjectStore(url, options)
+    return SyncObjectStore(url, dict(options))
 
 
-def copy(src_url: str | os.PathLike[str], dst_url: str | os.PathLike[str], **options: Any) -> ObjectInfo:
+def copy(src_url: str | os.PathLike[str], dst_url: str | os.PathLike[str],
+         **options: Unpack[ObjectStoreOptions]) -> ObjectInfo:
     """Copy one object between two locations (see :func:`aiojobstore.copy`), blocking."""
     return run("copy", functools.partial(_async_copy, src_url, dst_url, **options))
 
