@@ -173,7 +173,7 @@ class GeneratedJobStoreMethods:
         return self._call("delete_shared_file", functools.partial(self.store.delete_shared_file, shared_file_name))
 
     def shared_file_exists(self, shared_file_name: str) -> bool:
-        """Whether a shared file of this name exists."""
+        """Whether a shared file of this name exists (no key needed for an encrypted one, on every backend)."""
         return self._call("shared_file_exists", functools.partial(self.store.shared_file_exists, shared_file_name))
 
     def write_logs(self, msg: str | bytes) -> None:

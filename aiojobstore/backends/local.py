@@ -122,6 +122,8 @@ _FICLONE = 0x40049409
 _NO_REFLINK = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EBADF})
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)
+#: Walks of a key's directories before giving up on concurrent deletes removing them under the walk.
+_WALK_ATTEMPTS = 5
 _TEMP_FLAGS = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: ``.ajs-tmp-<kind>-<creation time, ns, hex>-<random>``: the time tells reclaim how old a temp file is even when
 #: it is a hard link to an old object (the previous version kept for a roll-back).
@@ -501,6 +503,8 @@ class LocalBackend(Backend):
         self._root_fd = -1
         self._retired: list[int] = []  # root descriptors replaced while other threads may still use them
         self._root_lock = threading.Lock()
+        self._stripe_locks: dict[str, threading.Lock] = {}
+        self._stripe_fds: dict[str, int] = {}
         _LIVE.add(self)
 
     def describe(self) -> str:
@@ -566,8 +570,9 @@ class LocalBackend(Backend):
             return True
 
     def _drop_root_fds(self) -> None:
-        fds = [*self._retired, self._root_fd]
-        self._retired, self._root_fd = [], -1
+        fds = [*self._retired, self._root_fd, *self._stripe_fds.values()]
+        self._retired, self._root_fd, self._stripe_fds = [], -1, {}
+        self._stripe_locks = {}
         for fd in fds:
             if fd >= 0:
                 with contextlib.suppress(OSError):
@@ -579,7 +584,7 @@ class LocalBackend(Backend):
         With ``create``, missing directories are made (each fsynced into its parent when ``fsync``) and a link or
         a file in the way raises :class:`InvalidKeyError`. Without it, a missing directory gives None and a link
         or file in the way raises :class:`_Blocked`. The caller closes the chain."""
-        for attempt in range(2):
+        for attempt in range(_WALK_ATTEMPTS):
             root = self._root(create=create)
             if root is None:
                 return None
@@ -592,10 +597,13 @@ class LocalBackend(Backend):
                         return None
                     chain.add(name, fd, created)
                 return chain
-            except FileNotFoundError:  # from the root's level: maybe the store was destroyed and made again
+            except FileNotFoundError:
                 chain.close()
-                if not chain.names and attempt == 0 and self._root_replaced():
-                    continue
+                last = attempt == _WALK_ATTEMPTS - 1
+                if not chain.names and not last and self._root_replaced():
+                    continue  # the store was destroyed and made again: walk from the new root
+                if chain.names and create and not last:
+                    continue  # a concurrent delete removed a directory on the way as it emptied: walk again
                 if create:
                     raise
                 return None
@@ -665,19 +673,41 @@ class LocalBackend(Backend):
 
     @contextlib.contextmanager
     def _locked(self, key: str) -> Iterator[None]:
-        """Hold the exclusive ``flock`` that serialises conditional replaces of ``key`` (across processes)."""
+        """Hold the exclusive lock that serialises conditional replaces of ``key``: a thread lock of the stripe
+        within this process (an ``flock`` does not exclude holders of the same open file), then the stripe file's
+        ``flock`` across processes. Stripe files stay open (one per stripe, dropped after a fork, reopened when
+        the store was destroyed and made again): two opens fewer per conditional write."""
+        stripe = self._lock_path(key)
+        with self._stripe_lock(stripe):
+            lock_fd = self._stripe_fd(stripe, key)
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock_fd, fcntl.LOCK_UN)
+
+    def _stripe_lock(self, stripe: str) -> threading.Lock:
+        lock = self._stripe_locks.get(stripe)
+        if lock is None:
+            with self._root_lock:
+                lock = self._stripe_locks.setdefault(stripe, threading.Lock())
+        return lock
+
+    def _stripe_fd(self, stripe: str, key: str) -> int:
+        """The open stripe file (called holding the stripe's thread lock); reopened if it was unlinked."""
+        fd = self._stripe_fds.get(stripe, -1)
+        if fd >= 0 and os.fstat(fd).st_nlink > 0:
+            return fd
+        if fd >= 0:
+            os.close(fd)
         chain = self._walk([LOCK_DIR], key, create=True)
         assert chain is not None
         try:
-            lock_fd = os.open(self._lock_path(key), os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                              dir_fd=chain.fd)
+            fd = os.open(stripe, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=chain.fd)
         finally:
             chain.close()
-        try:
-            fcntl.flock(lock_fd, fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(lock_fd)  # releases the flock
+        self._stripe_fds[stripe] = fd
+        return fd
 
     # ----------------------------------------------------------------- reading (blocking)
 
@@ -829,11 +859,11 @@ class LocalBackend(Backend):
                             raise ConcurrentModificationError(f"{key!r} was deleted since it was read") from None
                         if not stat_module.S_ISREG(current.st_mode) or _etag(current) != if_match:
                             raise ConcurrentModificationError(f"{key!r} changed since it was read")
-                        previous = self._keep_previous(d, name)
+                        previous = None if inline_active() else self._keep_previous(d, name)
                         os.rename(staged.tmp, name, src_dir_fd=d, dst_dir_fd=d)
                         placed = True
                 else:
-                    previous = self._keep_previous(d, name)
+                    previous = None if inline_active() else self._keep_previous(d, name)
                     os.rename(staged.tmp, name, src_dir_fd=d, dst_dir_fd=d)
                     placed = True
                 if self.fsync:
@@ -860,7 +890,8 @@ class LocalBackend(Backend):
 
     @staticmethod
     def _keep_previous(dir_fd: int, name: str) -> str | None:
-        """Hard-link the version about to be replaced under a temp name, for a roll-back; None if there is none."""
+        """Hard-link the version about to be replaced under a temp name, for a roll-back; None if there is none.
+        (Not done inline, under the blocking facade: nothing can cancel a caller that is not on an event loop.)"""
         previous = _temp_name("old")
         try:
             os.link(name, previous, src_dir_fd=dir_fd, dst_dir_fd=dir_fd, follow_symlinks=False)
