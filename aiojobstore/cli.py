@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import os
 import signal
@@ -31,22 +32,25 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlparse
 
 import anyio
 from tqdm import tqdm
 
 from . import __version__, units
-from .backends.base import META_CRC32C, META_KEY_SHA256
+from .backends.base import META_CRC32C, META_KEY_SHA256, ObjectInfo
 from .errors import JobStoreError, JobStoreExistsError, NoSuchFileError, NoSuchJobError, NoSuchJobStoreError
 from .jobstore import FileID, JobStore, open_store
 from .layout import META_EXECUTABLE, check_shared_file_name
 from .locator import parse_locator
-from .objects import ObjectInfo, ObjectStore, open_object_store
+from .objects import ObjectStore, open_object_store
 from .objects import copy as copy_object
 from .transfer import crc32c
 from .units import human_duration, human_size
+
+if TYPE_CHECKING:
+    import aiohttp
 
 PROG = "aiojobstore"
 MiB = 1 << 20
@@ -207,6 +211,8 @@ class LocalRef:
 
 
 Ref = StoreRef | ObjectRef | HttpRef | LocalRef
+#: Every endpoint but a job store's.
+PlainRef = ObjectRef | HttpRef | LocalRef
 
 
 def parse_ref(text: str) -> Ref:
@@ -437,7 +443,7 @@ async def _to_stdout(reader: Any, progress: Progress) -> int:
 
 
 class _HttpReader:
-    def __init__(self, response: Any) -> None:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.response = response
         self.size: int | None = response.content_length
 
@@ -466,7 +472,7 @@ async def open_http(url: str) -> AsyncIterator[_HttpReader]:
 class _Sized:
     """A reader that checks it delivered the bytes its source announced."""
 
-    def __init__(self, reader: Any, url: str) -> None:
+    def __init__(self, reader: _HttpReader, url: str) -> None:
         self.reader, self.url, self.received = reader, url, 0
         self.size = reader.size
 
@@ -637,7 +643,8 @@ async def _out_of_store(src: StoreRef, dst: Ref, store: JobStore, stores: Stores
     return f"copy: {src} to {target_ref}"
 
 
-async def _copy_objects(src: Ref, dst: Ref, stores: Stores, progress: Progress, size: int | None) -> str | None:
+async def _copy_objects(src: PlainRef, dst: PlainRef, stores: Stores, progress: Progress,
+                        size: int | None) -> str | None:
     """Copy between local paths, stdin/stdout, http(s) sources and object URLs; return the line to print."""
     shown = f" ({human_size(size)})" if size is not None else ""
     if isinstance(dst, HttpRef):
@@ -666,10 +673,10 @@ async def _copy_objects(src: Ref, dst: Ref, stores: Stores, progress: Progress, 
         if isinstance(src, HttpRef):
             async with open_http(src.url) as raw:
                 progress.bar.reset(total=raw.size)
-                reader = _Sized(raw, src.url)
+                sized = _Sized(raw, src.url)
                 async with target() as (writer, where):
-                    total = await (_to_stdout(reader, progress) if writer is None
-                                   else _drain(reader, writer, progress))
+                    total = await (_to_stdout(sized, progress) if writer is None
+                                   else _drain(sized, writer, progress))
             return None if where == "-" else f"download: {src} to {where} ({human_size(total)})"
         async with target() as (writer, where):
             total = await _read_stdin(writer, progress)
@@ -778,7 +785,7 @@ async def _copy_recursive(src: Ref, dst: Ref, args: argparse.Namespace, stores: 
                 await objects.upload_file(path, prefix + relative, progress=progress.callback())
                 progress.say(f"upload: {path} to {dst.at(prefix + relative)}")
 
-            await _bounded(COPY_PARALLEL, [(lambda p=p, r=r: upload(p, r)) for p, r, _, _ in files])
+            await _bounded(COPY_PARALLEL, [functools.partial(upload, p, r) for p, r, _, _ in files])
     elif isinstance(src, ObjectRef) and isinstance(dst, LocalRef):
         if dst.is_std:
             raise CLIError("'cp -r' needs a destination directory, not '-'")
@@ -793,7 +800,7 @@ async def _copy_recursive(src: Ref, dst: Ref, args: argparse.Namespace, stores: 
                 await objects.download_file(info.key, target, progress=progress.callback())
                 progress.say(f"download: {src.at(info.key)} to {target}")
 
-            await _bounded(COPY_PARALLEL, [(lambda r=r, i=i: download(r, i)) for r, i in tree])
+            await _bounded(COPY_PARALLEL, [functools.partial(download, r, i) for r, i in tree])
     elif isinstance(src, ObjectRef) and isinstance(dst, ObjectRef):
         tree = await _list_tree(stores, src)
         if not tree:
@@ -804,7 +811,7 @@ async def _copy_recursive(src: Ref, dst: Ref, args: argparse.Namespace, stores: 
                 await _object_to_object(src.at(info.key), dst.at(prefix + relative), stores, progress)
                 progress.say(f"copy: {src.at(info.key)} to {dst.at(prefix + relative)}")
 
-            await _bounded(COPY_PARALLEL, [(lambda r=r, i=i: copy(r, i)) for r, i in tree])
+            await _bounded(COPY_PARALLEL, [functools.partial(copy, r, i) for r, i in tree])
     else:
         raise CLIError("'cp -r' copies a tree between a local directory and an object prefix (DIR s3://b/p/), "
                        "between two prefixes, or into or out of a job store (DIR LOCATOR::, LOCATOR::[PREFIX] DIR)")
@@ -823,7 +830,7 @@ async def _tree_into_store(src: LocalRef, dst: StoreRef, args: argparse.Namespac
             file_id = await store.write_file(path, args.job_id, cleanup=args.cleanup, progress=progress.callback())
             results[relative] = str(file_id)
 
-        await _bounded(COPY_PARALLEL, [(lambda p=p, r=r: one(p, r)) for p, r, _, _ in files])
+        await _bounded(COPY_PARALLEL, [functools.partial(one, p, r) for p, r, _, _ in files])
     for _, relative, _, _ in files:
         _say(f"{results[relative]}\t{relative}")
 
@@ -852,7 +859,7 @@ async def _tree_out_of_store(src: StoreRef, dst: LocalRef, args: argparse.Namesp
             else:
                 await store.read_file(info.key, target, progress=progress.callback())
 
-        await _bounded(COPY_PARALLEL, [(lambda i=info: fetch(i)) for info in infos])
+        await _bounded(COPY_PARALLEL, [functools.partial(fetch, info) for info in infos])
     if not args.quiet:
         _say(f"copied {len(infos)} files to {dst.path}")
 
@@ -985,7 +992,7 @@ async def cmd_sync(args: argparse.Namespace) -> int:
                                                 stores, progress)
                 progress.say(f"{mark}{verb}: {src.name(entry)} to {shown}")
 
-            await _bounded(COPY_PARALLEL, [(lambda r=r, e=e: transfer(r, e)) for r, e in plan])
+            await _bounded(COPY_PARALLEL, [functools.partial(transfer, r, e) for r, e in plan])
             if doomed and not args.dryrun:
                 if dst.local:
                     for relative in doomed:

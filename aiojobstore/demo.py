@@ -279,6 +279,8 @@ class _Pipeline:
         name = f"shard-{shard:03d}.rot"
         chunk_size = self.config.chunk_size
         crc_in = crc_out = size = 0
+        file_id: FileID | None = None  # from the stream (even shards) or from the scratch file (odd ones)
+        path: str | None = None  # the scratch file (odd shards)
         async with self.store.read_file_stream(source["file_id"]) as reader:
             if shard % 2 == 0:
                 async with self.store.write_file_stream(job.id, cleanup=True, basename=name) as (writer, file_id):
@@ -306,10 +308,11 @@ class _Pipeline:
                 f"{job.name}: read back {size} bytes with crc32c {crc_in:08x} from {source['file_id']}, but its "
                 f"producer wrote {source['size']} bytes with crc32c {source['crc32c']:08x}"
             )
-        if shard % 2 == 1:
+        if path is not None:
             file_id = await self.store.write_file(path, job.id, cleanup=True,
                                                   progress=self.meter.callback(written=True))
             await anyio.to_thread.run_sync(os.remove, path)
+        assert file_id is not None, "each branch writes the output file"
         self.files_written += 1
         await self.finish_job(
             job, {"file_id": str(file_id), "size": size, "crc32c": crc_out, "source_crc32c": crc_in},

@@ -1176,11 +1176,18 @@ class _LogClaim:
             pass
         try:
             raw, info = await self.backend.get_object(self.key)
-            expires = json.loads(raw)["expires"]
         except NoSuchFileError:
             return None  # released just now: its log was delivered or is being retried; the next read sees it
-        except (ValueError, KeyError, TypeError, IntegrityError):
-            expires = 0.0  # an unreadable claim is no claim
+        except IntegrityError:  # an unreadable claim is no claim: taken over on the etag it is stored with
+            found = await self.backend.stat(self.key)
+            if found is None:
+                return None  # released just now, as above
+            info, expires = found, 0.0
+        else:
+            try:
+                expires = json.loads(raw)["expires"]
+            except (ValueError, KeyError, TypeError):
+                expires = 0.0  # an unreadable claim is no claim
         if not isinstance(expires, (int, float)) or expires > time.time():
             return None
         try:

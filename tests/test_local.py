@@ -151,3 +151,19 @@ async def test_a_forked_child_can_use_the_backend_of_its_parent(backend):
     _, status = await anyio.to_thread.run_sync(os.waitpid, pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert await backend.get_bytes("child") == b"pc"
+
+
+def _overwrite_start(path: str, data: bytes) -> None:
+    with open(path, "r+b") as planted:
+        planted.write(data)
+
+
+async def test_a_corrupt_log_claim_is_taken_over(backend):
+    from aiojobstore.jobstore import _LogClaim
+
+    key = "logs/claims/00000000000000000001-dead"
+    await backend.put_bytes(key, b'{"expires": 0}')
+    _overwrite_start(os.path.join(backend.root, *key.split("/")), b"[")  # its recorded CRC32C no longer matches
+    claim = _LogClaim(backend, key, lease=60)
+    assert await claim.take() is True
+    assert claim.etag == (await backend.stat(key)).etag

@@ -88,7 +88,7 @@ import os
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -154,7 +154,7 @@ _READ_AHEAD_DEPTH = 3
 _WRITE_SLICE = 4 * MiB
 
 # Per-key locks for the emulator fallback of preconditions: (loop, endpoint, bucket, object) -> lock.
-_KEY_LOCKS: weakref.WeakValueDictionary[tuple, asyncio.Lock] = weakref.WeakValueDictionary()
+_KEY_LOCKS: weakref.WeakValueDictionary[tuple[int, str, str, str], asyncio.Lock] = weakref.WeakValueDictionary()
 
 
 class _RetryableStatus(Exception):
@@ -340,7 +340,9 @@ class GCSBackend(Backend):
             try:
                 from gcloud.aio.auth import Token
 
-                self._token = Token(service_file=self.service_file, session=self._session_now(), scopes=SCOPES)
+                # gcloud-aio's annotation names requests.Session (its REST build's), but the aio build takes aiohttp's
+                self._token = Token(service_file=self.service_file, session=self._session_now(),  # type: ignore[arg-type]
+                                    scopes=SCOPES)
             except Exception as error:  # a missing or unreadable credentials file
                 raise BackendUnavailableError(
                     f"cannot load Google credentials ({error}); set GOOGLE_APPLICATION_CREDENTIALS to a service "
@@ -380,7 +382,7 @@ class GCSBackend(Backend):
                        params: dict[str, str] | None = None, headers: dict[str, str] | None = None,
                        json_body: Any = None, body: Callable[[], Any] | None = None,
                        ok: Iterable[int] = (200,), missing_ok: bool = False, target: str | None = None,
-                       write_token: str | None = None) -> tuple[int, Any, Any]:
+                       write_token: str | None = None) -> tuple[int, Any, Mapping[str, str]]:
         """Send one request with retries; returns ``(status, parsed JSON or None, response headers)``.
 
         ``body`` is a factory giving a fresh request body per attempt. A 404 with ``missing_ok`` returns
@@ -398,10 +400,12 @@ class GCSBackend(Backend):
         precondition = (params or {}).get("ifGenerationMatch") if target is not None else None
         attempts = 0
 
-        async def attempt() -> tuple[int, Any, Any]:
+        async def attempt() -> tuple[int, Any, Mapping[str, str]]:
             nonlocal attempts
             attempts += 1
-            if precondition is not None and self.emulated and not await self._generation_is(target, precondition):
+            response_headers: Mapping[str, str]
+            if precondition is not None and target is not None and self.emulated and \
+                    not await self._generation_is(target, precondition):
                 status, text, response_headers = 412, "conditionNotMet (checked by aiojobstore: the emulator " \
                                                       "ignores preconditions)", {}
             else:
@@ -444,6 +448,7 @@ class GCSBackend(Backend):
     # ------------------------------------------------------------------ object resources
 
     async def _resource(self, name: str) -> dict[str, Any] | None:
+        resource: dict[str, Any] | None
         _, resource, _ = await self._request("GET", self._object_url(name), what=f"stat {name}", key=name,
                                              missing_ok=True)
         return resource
@@ -825,7 +830,7 @@ class GCSBackend(Backend):
             if status == 404:
                 return
             resource = await self._resource(marker)
-            owned = bool(resource) and (resource.get("metadata") or {}).get("ajs-bucket-created") == "True"
+            owned = resource is not None and (resource.get("metadata") or {}).get("ajs-bucket-created") == "True"
         except NoSuchFileError:
             return
         names = [r["name"] async for r in self._list_resources(self.root) if r["name"] != marker]
@@ -912,6 +917,7 @@ class GCSBackend(Backend):
                         position[0] += pending_size
                         pending, pending_size, pending_at = [], 0, position[0]
                 if pending:
+                    assert sink is not None, "chunks are only kept back for a sink"
                     await sink(pending_at, pending)
                     position[0] += pending_size
                 if position[0] < end:
@@ -1243,6 +1249,7 @@ class GCSBackend(Backend):
                f"/rewriteTo/b/{quote(self.bucket, safe='')}/o/{quote(dst_name, safe='')}")
         body = {"contentType": CONTENT_TYPE, "metadata": metadata} if metadata is not None else None
         query = dict(params or {})
+        resource: dict[str, Any]
         while True:
             _, result, _ = await self._request("POST", url, what=f"copy to {dst_name}", key=key, params=query,
                                                json_body=body, headers={**source_headers, **dest_headers},
@@ -1312,7 +1319,8 @@ class GCSBackend(Backend):
         from gcloud.aio.storage.blob import Blob
 
         if self._storage is None:
-            self._storage = Storage(session=self._session_now(), token=self._token)
+            # gcloud-aio's annotation names requests.Session (its REST build's), but the aio build takes aiohttp's
+            self._storage = Storage(session=self._session_now(), token=self._token)  # type: ignore[arg-type]
         blob = Blob(Bucket(self._storage, self.bucket), name, {"size": 0})
         return await blob.get_signed_url(min(int(expires), 604800), token=self._token)
 

@@ -44,6 +44,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -55,7 +56,7 @@ import threading
 import time
 import weakref
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from os import PathLike
@@ -423,7 +424,7 @@ class _SmallOpRunner:
         if inline_active():
             return func(*args)
         loop = asyncio.get_running_loop()
-        future = loop.create_future()
+        future: asyncio.Future[T] = loop.create_future()
         self._put((loop, future, func, args))
         return await future
 
@@ -834,6 +835,7 @@ class LocalBackend(Backend):
         key, d, name = staged.key, staged.chain.fd, staged.name
         previous: str | None = None
         placed = False
+        st: os.stat_result | None = None
         try:
             with _os_errors(key, staged.where):
                 if metadata is not None:
@@ -871,6 +873,7 @@ class LocalBackend(Backend):
         except BaseException:
             try:
                 if placed:  # the directory fsync failed: undo, the write raises
+                    assert st is not None, "an object is placed only after its fstat"
                     self._undo(d, name, (st.st_dev, st.st_ino), previous)
                 else:
                     with contextlib.suppress(OSError):
@@ -973,10 +976,10 @@ class LocalBackend(Backend):
     async def _run_commit(self, func: Callable[..., _Committed], *args: Any) -> ObjectInfo:
         """Run a blocking commit to completion; roll it back if ``task.cancel()`` hit the caller meanwhile."""
         if self.fsync:  # fsyncs overlap best on many threads
-            def commit() -> Any:
+            def commit() -> Awaitable[_Committed]:
                 return _in_thread(func, *args)
         else:
-            def commit() -> Any:
+            def commit() -> Awaitable[_Committed]:
                 return _WRITES.run(func, *args)
         committed = await commit_or_roll_back(commit, lambda done: _in_thread(self._roll_back, done))
         if committed.previous is None:
@@ -1025,8 +1028,7 @@ class LocalBackend(Backend):
                 nonlocal position, crc
                 while position < stop:
                     n = min(STREAM_BUFFER, stop - position)
-                    data, crc = await run_uncancelled(
-                        lambda n=n, at=position, crc=crc: _in_thread(source.read, n, at, crc))
+                    data, crc = await run_uncancelled(functools.partial(_in_thread, source.read, n, position, crc))
                     if not data:
                         raise IntegrityError(f"{key!r} is shorter than when it was opened")
                     position += len(data)
@@ -1278,7 +1280,7 @@ class LocalBackend(Backend):
             self._segments(key)
         for start in range(0, len(keys), 256):
             batch = keys[start : start + 256]
-            await run_uncancelled(lambda batch=batch: _in_thread(self._delete_blocking, batch))  # type: ignore[misc]
+            await run_uncancelled(functools.partial(_in_thread, self._delete_blocking, batch))
 
     def _scan(self, prefix: str, *, with_metadata: bool = True) -> list[ObjectInfo]:
         """Every object under ``prefix``, found by descending real directories only (links are skipped)."""

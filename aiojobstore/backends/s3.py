@@ -101,6 +101,7 @@ recorded fingerprint.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import functools
 import ipaddress
@@ -115,7 +116,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from os import PathLike
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 from urllib.parse import parse_qs, urlsplit
 
 import anyio
@@ -202,12 +203,14 @@ class _ChangedWhileReading(TransferError):
     """A local file changed between the checksum pass and the upload (never retried)."""
 
 
-def _error_code(error: BaseException) -> str:
+def _error_code(error: BaseException | None) -> str:
+    """The S3 error code of ``error``'s answer: ``""`` without one (or for None, such as a missing ``__cause__``)."""
     response = getattr(error, "response", None) or {}
     return str(response.get("Error", {}).get("Code", ""))
 
 
-def _http_status(error: BaseException) -> int:
+def _http_status(error: BaseException | None) -> int:
+    """The HTTP status of ``error``'s S3 answer: 0 without one (or for None, such as a missing ``__cause__``)."""
     response = getattr(error, "response", None) or {}
     return int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
@@ -430,7 +433,7 @@ class S3Backend(Backend):
         return {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": self.sse_key}
 
     async def _request(self, operation: str, *, key: str = "", what: str = "", tries: list[int] | None = None,
-                       **params: Any) -> Any:
+                       **params: Any) -> dict[str, Any]:
         """One S3 call under the store's request limit, retried per :class:`RetryPolicy`, errors translated.
         ``tries``, when given, counts the attempts sent (``tries[0]``): more than one means an earlier attempt may
         have been applied without its answer reaching us."""
@@ -438,7 +441,7 @@ class S3Backend(Backend):
         method = getattr(client, operation)
         direct = self._direct if self._direct is not None and self._direct.accepts(operation, params) else None
 
-        async def once() -> Any:
+        async def once() -> dict[str, Any]:
             if tries is not None:
                 tries[0] += 1
             async with self.limits.requests:
@@ -451,13 +454,14 @@ class S3Backend(Backend):
                         refusal = _error_code(error) or _http_status(error)
                     # An answer botocore might not get: repeat it there; if botocore succeeds, stop sending
                     # direct requests (this endpoint wants something they do not do).
-                    response = await method(**params)
+                    response: dict[str, Any] = await method(**params)
                     log.warning("S3 %s: %s answered the direct request with %s but botocore's with success; "
                                 "small requests go through botocore from now on", self.describe(), operation,
                                 refusal)
                     self._direct_ok = False
                     return response
-                return await method(**params)
+                answer: dict[str, Any] = await method(**params)
+                return answer
 
         try:
             return await with_retries(once, policy=self.retry_policy, is_retryable=_is_retryable,
@@ -711,7 +715,7 @@ class S3Backend(Backend):
         modified = entry.get("LastModified")
         return ObjectInfo(key, entry.get("Size", 0), entry.get("ETag"), modified.timestamp() if modified else None)
 
-    async def _with_metadata(self, entries: list[dict[str, Any]]) -> list[ObjectInfo]:
+    async def _with_metadata(self, entries: builtins.list[dict[str, Any]]) -> builtins.list[ObjectInfo]:
         async def one(part: Part) -> ObjectInfo | None:
             entry = entries[part.number - 1]
             key = entry["Key"][len(self.root):]
@@ -752,12 +756,13 @@ class S3Backend(Backend):
         other process writes or deletes, so no answer can be caused by another writer. Returns ``None`` when both
         conditions are honoured, else what the server does wrong."""
         probe_key = _PROBE_PREFIX + new_write_token()
-        params = {"Bucket": self.bucket, "Key": self._full(probe_key), "Body": b""}
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(probe_key), "Body": b""}
 
         async def put(**condition: str) -> str | None:
             """The refusal of a conditional put: None (accepted), "412", or the error."""
+            request: dict[str, Any] = {**params, **condition}
             try:
-                await self._request("put_object", key=probe_key, **params, **condition)
+                await self._request("put_object", key=probe_key, **request)
             except ConcurrentModificationError:
                 return "412"
             except TransferError as error:
@@ -1045,7 +1050,8 @@ class S3Backend(Backend):
         return await self._commit(key, commit)
 
     async def _put_with_checksum_fallback(self, key: str, params: Callable[[], dict[str, Any]],
-                                          operation: str = "put_object", tries: list[int] | None = None) -> Any:
+                                          operation: str = "put_object",
+                                          tries: builtins.list[int] | None = None) -> dict[str, Any]:
         try:
             return await self._request(operation, key=key, tries=tries, **params())
         except TransferError as error:
@@ -1122,9 +1128,9 @@ class S3Backend(Backend):
         return await self._multipart(key, parts, body, crcs, meta, encrypted=encrypted, report=report,
                                      share=share.window)
 
-    async def _multipart(self, key: str, parts: list[Part], body: Callable[[Part], Any], crcs: list[int],
-                         meta: dict[str, str], *, encrypted: bool, report: Progress | None = None,
-                         share: Callable[[], int] | None = None) -> ObjectInfo:
+    async def _multipart(self, key: str, parts: builtins.list[Part], body: Callable[[Part], Any],
+                         crcs: builtins.list[int], meta: dict[str, str], *, encrypted: bool,
+                         report: Progress | None = None, share: Callable[[], int] | None = None) -> ObjectInfo:
         """Upload ``parts`` as one multipart upload (at most ``share()`` in flight, when given); abort it on any
         failure or cancellation."""
         upload = _MultipartUpload(self, key, meta, encrypted)
@@ -1200,7 +1206,7 @@ class S3Backend(Backend):
         source = {"Bucket": src_bucket, "Key": src_full}
         copy_sse = {"CopySourceSSECustomerAlgorithm": "AES256",
                     "CopySourceSSECustomerKey": src_sse["SSECustomerKey"]} if src_sse else {}
-        pin = {"CopySourceIfMatch": info.etag} if info.etag else {}
+        pin: dict[str, Any] = {"CopySourceIfMatch": info.etag} if info.etag else {}
         if info.size <= MAX_COPY_OBJECT:
             async def commit() -> tuple[ObjectInfo, _Previous]:
                 previous = await self._capture(dst)
@@ -1286,8 +1292,9 @@ class S3Backend(Backend):
             raise JobStoreError(f"an S3 presigned URL (SigV4) lasts 1 s to 7 days ({_MAX_PRESIGN_EXPIRES} s), not "
                                 f"{expires} s; ask for an expiry in that range")
         client = await self.client()
-        return await client.generate_presigned_url(
+        url: str = await client.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": self._full(key)}, ExpiresIn=int(expires))
+        return url
 
     # ------------------------------------------------------------------ reads
 
@@ -1625,11 +1632,13 @@ def _chunk_reader(body: Any) -> Callable[[int], Awaitable[bytes]]:
     piece cannot run past the requested range."""
     content = getattr(getattr(body, "raw_stream", None), "content", None)
     if content is None or not hasattr(content, "readchunk"):
-        return body.read
+        body_read: Callable[[int], Awaitable[bytes]] = body.read
+        return body_read
 
     async def read(_limit: int) -> bytes:
         while True:
-            data, at_chunk_end = await content.readchunk()
+            piece: tuple[bytes, bool] = await content.readchunk()
+            data, at_chunk_end = piece
             if data or not at_chunk_end:  # (b"", True) only marks the end of a chunked-encoding chunk
                 return data
 
@@ -1676,10 +1685,18 @@ def _server_time(response: dict[str, Any]) -> float:
     return time.time()
 
 
+@overload
+def _bare(etag: str) -> str: ...
+@overload
+def _bare(etag: str | None) -> str | None: ...
 def _bare(etag: str | None) -> str | None:
     return None if etag is None else etag.strip('"')
 
 
+@overload
+def _quoted(etag: str) -> str: ...
+@overload
+def _quoted(etag: str | None) -> str | None: ...
 def _quoted(etag: str | None) -> str | None:
     """ETags as HEAD returns them (Ceph RGW leaves the quotes off some responses)."""
     return etag if not etag or etag.startswith('"') else f'"{etag}"'

@@ -30,8 +30,11 @@ import hmac
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, quote, urlsplit
+
+if TYPE_CHECKING:
+    import aiohttp
 
 USER_AGENT = "aiojobstore-direct/1"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
@@ -127,7 +130,7 @@ class DirectBody:
     ``raw_stream.content`` (aiohttp's stream, for piece-by-piece reads) and ``close()``, which hands a fully read
     connection back to the pool (and closes one that is not)."""
 
-    def __init__(self, response: Any) -> None:
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
         self.raw_stream = response
 
     async def read(self, n: int = -1) -> bytes:
