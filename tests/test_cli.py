@@ -338,6 +338,7 @@ def test_signal_during_cp_leaves_no_temp_file(tmp_path: Path, sig: str, status: 
             child.stdin.flush()
             assert time.monotonic() < deadline, "the copy never started writing"
         child.send_signal(getattr(signal, sig))
+        child.wait(timeout=60)  # stdin stays open: the copy can only end by the signal, never by an EOF
         _, err = child.communicate(timeout=60)
     finally:
         if child.poll() is None:
