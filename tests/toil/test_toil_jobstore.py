@@ -1,0 +1,78 @@
+"""Toil's own job-store suite (``toil/test/jobStores/jobStoreTest.py``, ``AbstractJobStoreTest.Test``) on
+aiojobstore.toil, on ``file:``, S3 (moto; Ceph RGW) and GCS (the emulator).
+
+The module is imported, not its class names, so that pytest does not also collect Toil's ``FileJobStoreTest``.
+The import/export tests that Toil generates against its ``FileJobStoreTest`` reuse that class's ``file://``
+helpers; those against AWS and Google are not generated (no boto3, no Google project here).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import pytest
+from toil.test.jobStores import jobStoreTest as toil_tests
+
+from aiojobstore import sync
+from aiojobstore.toil import AioJobStore
+
+_Abstract = toil_tests.AbstractJobStoreTest.Test
+_Files = toil_tests.FileJobStoreTest
+
+
+class _AioJobStoreTest(_Abstract):
+    """What every backend shares: the store under test, the file:// helpers of Toil's FileJobStoreTest."""
+
+    __test__ = False
+
+    def _locator(self) -> str:
+        raise NotImplementedError
+
+    def _createJobStore(self) -> AioJobStore:  # noqa: N802 - Toil's names
+        return AioJobStore(self._locator())
+
+    def _corruptJobStore(self) -> None:  # noqa: N802
+        store = self.jobstore_initialized._store.store
+        sync.run("corrupt", store.backend.delete, "config.json")
+
+    _prepareTestFile = _Files._prepareTestFile
+    _hashTestFile = _Files._hashTestFile
+    _createExternalStore = _Files._createExternalStore
+    _cleanUpExternalStore = _Files._cleanUpExternalStore
+
+
+class TestFileAioJobStore(_AioJobStoreTest):
+    __test__ = True
+
+    def _locator(self) -> str:
+        return f"file:{tempfile.gettempdir()}/{self.namePrefix}"
+
+    def _corruptJobStore(self) -> None:  # noqa: N802
+        shutil.rmtree(f"{tempfile.gettempdir()}/{self.namePrefix}")
+
+
+@pytest.mark.usefixtures("moto_env")
+class TestMotoAioJobStore(_AioJobStoreTest):
+    __test__ = True
+
+    def _locator(self) -> str:
+        return f"s3://{self.namePrefix[:63]}/run"
+
+
+@pytest.mark.ceph
+@pytest.mark.usefixtures("ceph_env")
+class TestCephAioJobStore(_AioJobStoreTest):
+    __test__ = os.environ.get("AIOJOBSTORE_TOIL_CEPH", "1") == "1"
+
+    def _locator(self) -> str:
+        return f"s3://{self.namePrefix[:63]}/run"
+
+
+@pytest.mark.usefixtures("gcs_env")
+class TestGcsAioJobStore(_AioJobStoreTest):
+    __test__ = True
+
+    def _locator(self) -> str:
+        return f"gs://{self.namePrefix[:63]}/run"
