@@ -39,7 +39,7 @@ def _answers(url: str) -> bool:
 
 
 def _serve(name: str, command: list[str], url: str) -> subprocess.Popen[bytes]:
-    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"toil-{name}-{url.rsplit(':', 1)[-1]}.log"), "wb")  # noqa: SIM115
+    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"toil-{name}-{os.getpid()}.log"), "wb")  # noqa: SIM115
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     while not _answers(url):

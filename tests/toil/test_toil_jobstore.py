@@ -18,11 +18,9 @@ from toil.test.jobStores import jobStoreTest as toil_tests
 from aiojobstore import sync
 from aiojobstore.toil import AioJobStore
 
-_Abstract = toil_tests.AbstractJobStoreTest.Test
-_Files = toil_tests.FileJobStoreTest
 
 
-class _AioJobStoreTest(_Abstract):
+class _AioJobStoreTest(toil_tests.AbstractJobStoreTest.Test):
     """What every backend shares: the store under test, the file:// helpers of Toil's FileJobStoreTest."""
 
     __test__ = False
@@ -37,10 +35,10 @@ class _AioJobStoreTest(_Abstract):
         store = self.jobstore_initialized._store.store
         sync.run("corrupt", store.backend.delete, "config.json")
 
-    _prepareTestFile = _Files._prepareTestFile
-    _hashTestFile = _Files._hashTestFile
-    _createExternalStore = _Files._createExternalStore
-    _cleanUpExternalStore = _Files._cleanUpExternalStore
+    _prepareTestFile = toil_tests.FileJobStoreTest._prepareTestFile
+    _hashTestFile = toil_tests.FileJobStoreTest._hashTestFile
+    _createExternalStore = toil_tests.FileJobStoreTest._createExternalStore
+    _cleanUpExternalStore = toil_tests.FileJobStoreTest._cleanUpExternalStore
 
 
 class TestFileAioJobStore(_AioJobStoreTest):
