@@ -17,3 +17,13 @@ from tests.toil.servers import ceph_env, gcs_env, moto_env  # noqa: F401 - fixtu
 
 if os.environ.get("AIOJOBSTORE_TOIL_SUITES") != "1" or importlib.util.find_spec("toil") is None:
     collect_ignore_glob = ["test_*.py"]
+
+
+def pytest_collection_modifyitems(config, items):  # noqa: ANN001
+    """Only Toil's quick file-store set and the slow caching tests of ``SLOW_KEPT`` run (see
+    test_toil_filestore.py)."""
+    import sys
+
+    module = sys.modules.get("tests.toil.test_toil_filestore")
+    if module is not None:
+        module.pytest_collection_modifyitems(config, items)
