@@ -14,6 +14,7 @@ their command lines.
 
 import os
 import sys
+
 PREFIX = "aiojobstore"
 _TARGET = "toil.common"
 
@@ -40,7 +41,7 @@ def patch_toil_common(module: object) -> None:
     get_job_store = toil_class.__dict__["getJobStore"].__func__
     canonical_locator = toil_class.__dict__["canonical_locator"].__func__
 
-    def getJobStore(cls: object, locator: str) -> object:  # noqa: N802 - Toil's name
+    def getJobStore(cls: object, locator: str) -> object:
         name, rest = cls.parseLocator(locator)
         if name == PREFIX:
             from aiojobstore.toil import AioJobStore

@@ -215,6 +215,7 @@ class AioJobStore(AbstractJobStore):
                 raise ConcurrentFileModificationException(job_id)  # never seen here: nothing to compare with
             record = Job(name=job_description.jobName or "", data=job_description, id=job_id, version=known)
             with _toil_errors(job_id=job_id):
+                _sync.run("update_job", self._learn_conditions)
                 self._store.update_job(record)
             self._versions[job_id] = record.version
             return
@@ -240,6 +241,7 @@ class AioJobStore(AbstractJobStore):
 
         async def overwrite() -> None:
             store._require_ready()
+            await self._learn_conditions()
             try:
                 await store.backend.update_object(key, edit)
             except errors.NoSuchFileError:
@@ -252,6 +254,16 @@ class AioJobStore(AbstractJobStore):
             log.debug("update_job(%s): overwrote version %d, newer than the version %s this process had",
                       job_id, outcome["version"] - 1, known)
         return outcome["version"]
+
+    async def _learn_conditions(self) -> None:
+        """Work around a core bug: the S3 backend builds a PutObject's ``If-Match`` before its once-per-process
+        probe has learned which ETag form the server wants, so on Ceph RGW (which wants it unquoted) the first
+        ``If-Match`` write of a process fails as a conflict. A Toil worker's first conditional write is exactly
+        that (``update_job``), so the probe is run first here. Remove once backends/s3.py probes before
+        building the condition."""
+        probe = getattr(self._store.store.backend, "_conditions_honoured", None)
+        if probe is not None:
+            await probe()
 
     def delete_job(self, job_id: str) -> None:
         with contextlib.suppress(errors.NoSuchJobError):

@@ -14,9 +14,9 @@ import pytest
 
 pytest.importorskip("toil")
 
-from toil.common import Toil  # noqa: E402
-from toil.job import Job, JobDescription  # noqa: E402
-from toil.jobStores.abstractJobStore import (  # noqa: E402
+from toil.common import Toil
+from toil.job import Job, JobDescription
+from toil.jobStores.abstractJobStore import (
     ConcurrentFileModificationException,
     JobStoreExistsException,
     NoSuchFileException,
@@ -24,7 +24,7 @@ from toil.jobStores.abstractJobStore import (  # noqa: E402
     NoSuchJobStoreException,
 )
 
-from aiojobstore.toil import AioJobStore  # noqa: E402
+from aiojobstore.toil import AioJobStore
 
 BIN = os.path.dirname(sys.executable)
 

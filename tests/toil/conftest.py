@@ -19,7 +19,7 @@ if os.environ.get("AIOJOBSTORE_TOIL_SUITES") != "1" or importlib.util.find_spec(
     collect_ignore_glob = ["test_*.py"]
 
 
-def pytest_collection_modifyitems(config, items):  # noqa: ANN001
+def pytest_collection_modifyitems(config, items):
     """Only Toil's quick file-store set and the slow caching tests of ``SLOW_KEPT`` run (see
     test_toil_filestore.py)."""
     import sys

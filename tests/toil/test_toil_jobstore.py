@@ -19,7 +19,6 @@ from aiojobstore import sync
 from aiojobstore.toil import AioJobStore
 
 
-
 class _AioJobStoreTest(toil_tests.AbstractJobStoreTest.Test):
     """What every backend shares: the store under test, the file:// helpers of Toil's FileJobStoreTest."""
 
@@ -28,10 +27,10 @@ class _AioJobStoreTest(toil_tests.AbstractJobStoreTest.Test):
     def _locator(self) -> str:
         raise NotImplementedError
 
-    def _createJobStore(self) -> AioJobStore:  # noqa: N802 - Toil's names
+    def _createJobStore(self) -> AioJobStore:
         return AioJobStore(self._locator())
 
-    def _corruptJobStore(self) -> None:  # noqa: N802
+    def _corruptJobStore(self) -> None:
         store = self.jobstore_initialized._store.store
         sync.run("corrupt", store.backend.delete, "config.json")
 
@@ -47,7 +46,7 @@ class TestFileAioJobStore(_AioJobStoreTest):
     def _locator(self) -> str:
         return f"file:{tempfile.gettempdir()}/{self.namePrefix}"
 
-    def _corruptJobStore(self) -> None:  # noqa: N802
+    def _corruptJobStore(self) -> None:
         shutil.rmtree(f"{tempfile.gettempdir()}/{self.namePrefix}")
 
 
