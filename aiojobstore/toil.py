@@ -21,8 +21,9 @@ stored whole with the ``pickle`` codec. What differs from Toil's own stores is s
   read the key's path from it. ``file:`` and ``memory:`` refuse a key.
 * **Options** come from the environment, which Toil passes on to its workers (:meth:`AioJobStore.get_env`):
   ``AWS_ENDPOINT_URL``, ``AWS_DEFAULT_REGION``, ``STORAGE_EMULATOR_HOST``, ``AIOJOBSTORE_TOIL_PART_SIZE``
-  (bytes), ``AIOJOBSTORE_TOIL_MAX_CONCURRENCY``, ``AIOJOBSTORE_TOIL_STALE_UPDATES``; credentials from the usual
-  variables and files.
+  (bytes), ``AIOJOBSTORE_TOIL_MAX_CONCURRENCY``, ``AIOJOBSTORE_TOIL_STALE_UPDATES``, ``AIOJOBSTORE_TOIL_FSYNC=0``
+  (``file:`` without fsync, as Toil's FileJobStore), ``AIOJOBSTORE_TOIL_LINK_READS=0`` (copy reads on ``file:``
+  instead of hard-linking them, as Toil's FileJobStore does); credentials from the usual variables and files.
 """
 
 from __future__ import annotations
@@ -62,9 +63,11 @@ STALE_POLICIES = ("overwrite", "refuse")
 ENV_STALE_UPDATES = "AIOJOBSTORE_TOIL_STALE_UPDATES"
 ENV_PART_SIZE = "AIOJOBSTORE_TOIL_PART_SIZE"
 ENV_MAX_CONCURRENCY = "AIOJOBSTORE_TOIL_MAX_CONCURRENCY"
+ENV_FSYNC = "AIOJOBSTORE_TOIL_FSYNC"
+ENV_LINK_READS = "AIOJOBSTORE_TOIL_LINK_READS"
 #: Variables a worker needs to reach the same store (no secrets: credentials come from the worker's environment).
 _PASSED_ON = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION", "STORAGE_EMULATOR_HOST",
-              ENV_STALE_UPDATES, ENV_PART_SIZE, ENV_MAX_CONCURRENCY)
+              ENV_STALE_UPDATES, ENV_PART_SIZE, ENV_MAX_CONCURRENCY, ENV_FSYNC, ENV_LINK_READS)
 # Toil's reserved hint components (HintedJobStore._BANNED_HINTS) and its hint sanitation.
 _BANNED_HINTS = frozenset({".", "..", "files", "deleted"})
 _NOT_HINT = re.compile(r"[^A-Za-z0-9_.-]")
@@ -117,6 +120,11 @@ class AioJobStore(AbstractJobStore):
         for name, variable in (("part_size", ENV_PART_SIZE), ("max_concurrency", ENV_MAX_CONCURRENCY)):
             if name not in options and os.environ.get(variable):
                 options[name] = int(os.environ[variable])
+        if "fsync" not in options and os.environ.get(ENV_FSYNC) in ("0", "false", "no"):
+            options["fsync"] = False
+        #: Hard-link ``read_file`` results on ``file:`` as Toil's FileJobStore does (``AIOJOBSTORE_TOIL_LINK_READS=0``
+        #: copies instead).
+        self.link_reads = os.environ.get(ENV_LINK_READS, "1") not in ("0", "false", "no")
         self._options = {"codec": "pickle", **options}
         self._store: SyncJobStore = _sync.open_store(locator, **self._options)
         self._versions: dict[str, int] = {}
@@ -305,12 +313,46 @@ class AioJobStore(AbstractJobStore):
 
     def read_file(self, file_id: str, local_path: str, symlink: bool = False) -> None:
         executable = bool(getattr(file_id, "executable", False))
+        if not symlink and not executable and self.link_reads and self._hard_link(str(file_id), local_path):
+            return
         with _toil_errors(file_id=file_id):
             # a link would show the stored file's mode: an executable file is always copied
             self._store.read_file(str(file_id), local_path, symlink=symlink and not executable)
         if executable:
             mode = os.stat(local_path).st_mode
             os.chmod(local_path, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+    def _hard_link(self, file_id: str, local_path: str) -> bool:
+        """Toil's FileJobStore hard-links reads on the same file system (the reader promises not to modify the
+        file); so does the adapter on ``file:``. Whether the link worked; ``False`` means "copy instead".
+
+        aiojobstore's ``read_file`` has no hard-link mode yet, so this uses the store's record layout
+        (``_file_key``, the backend's ``local_path`` and ``stat``) until the core offers one."""
+        from .jobstore import _META_EXECUTABLE, _file_key
+
+        backend = self._store.store.backend
+        try:
+            key = _file_key(file_id)
+        except errors.InvalidKeyError:
+            return False
+        source = backend.local_path(key)
+        if source is None:
+            return False
+        info = _sync.run("read_file", backend.stat, key)
+        if info is None:
+            raise NoSuchFileException(file_id)
+        if info.metadata.get(_META_EXECUTABLE) == "1":
+            return False  # the link would show the stored file's mode, which is not executable
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.islink(local_path) or os.path.exists(local_path):
+                if os.path.exists(local_path) and os.path.samefile(source, local_path):
+                    return True
+                os.unlink(local_path)
+        try:
+            os.link(source, local_path)
+        except OSError:  # another file system, or links refused: copy
+            return False
+        return True
 
     @contextlib.contextmanager
     def read_file_stream(self, file_id: str, encoding: str | None = None,
