@@ -243,3 +243,13 @@ def test_jobs_are_stored_whole_and_get_the_config(tmp_path: Path) -> None:
 def test_toil_class_is_patched_in_this_process() -> None:
     assert getattr(Toil, "_aiojobstore_patched", False)
     assert Job  # imported for the workflow's module
+
+
+def test_example_workflow_runs_on_both_file_stores(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "toil_workflow.py"
+    result = subprocess.run([sys.executable, str(example), "--jobStore", f"aiojobstore:file:{tmp_path}/run",
+                             "--size-mib", "4", "--width", "2"], capture_output=True, text=True, env=_env(),
+                            cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "CachingFileStore" in result.stdout and "NonCachingFileStore" in result.stdout
+    assert result.stdout.count("2 parts of 4 MiB verified") == 2
