@@ -253,3 +253,63 @@ def test_example_workflow_runs_on_both_file_stores(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "CachingFileStore" in result.stdout and "NonCachingFileStore" in result.stdout
     assert result.stdout.count("2 parts of 4 MiB verified") == 2
+
+
+FAILING = """
+    import sys, time
+    from toil.common import Toil
+    from toil.job import Job
+
+    def fail(job):
+        raise RuntimeError("planned failure")
+
+    def sleep(job):
+        time.sleep(120)
+
+    if __name__ == "__main__":
+        options = Job.Runner.getDefaultOptions(sys.argv[1])
+        options.clean = "never"
+        options.logLevel = "WARNING"
+        options.retryCount = 0
+        with Toil(options) as toil:
+            toil.start(Job.wrapJobFn(fail if sys.argv[2] == "fail" else sleep))
+"""
+
+
+def test_toil_debug_job_and_kill_take_the_locator(tmp_path: Path) -> None:
+    import time
+
+    script = tmp_path / "failing.py"
+    script.write_text(textwrap.dedent(FAILING))
+    locator = f"aiojobstore:file:{tmp_path}/failed"
+    run = subprocess.run([sys.executable, str(script), locator, "fail"], capture_output=True, text=True,
+                         env=_env(), cwd=tmp_path, timeout=300)
+    assert run.returncode != 0 and "planned failure" in run.stdout + run.stderr
+    debug = subprocess.run([os.path.join(BIN, "toil"), "debug-job", locator, "fail", "--printJobInfo"],
+                           capture_output=True, text=True, env=_env(), timeout=120)
+    assert debug.returncode == 0, debug.stderr[-3000:]
+    assert "Job: 'fail'" in debug.stdout
+
+    locator = f"aiojobstore:file:{tmp_path}/sleeping"
+    leader = subprocess.Popen([sys.executable, str(script), locator, "sleep"], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, env=_env(), cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 60
+        store = AioJobStore(f"file:{tmp_path}/sleeping")
+        while True:
+            try:
+                store.resume()
+                store.read_leader_pid()
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        kill = subprocess.run([os.path.join(BIN, "toil"), "kill", locator], capture_output=True, text=True,
+                              env=_env(), timeout=120)
+        assert kill.returncode == 0, kill.stderr[-3000:]
+        assert leader.wait(timeout=120) != 0  # the leader was killed before its two-minute job finished
+    finally:
+        if leader.poll() is None:
+            leader.kill()
+            leader.wait()
