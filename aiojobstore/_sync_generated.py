@@ -64,11 +64,11 @@ class GeneratedJobStoreMethods:
         """Read a job. Raises :class:`NoSuchJobError`."""
         return self._call("load_job", functools.partial(self.store.load_job, job_id))
 
-    def update_job(self, job: Job) -> None:
+    def update_job(self, job: Job, *, overwrite: bool = False) -> None:
         """Replace a job atomically and bump ``job.version``. Raises :class:`ConcurrentModificationError` when
         the stored job is newer than ``job`` (someone else updated it since it was loaded) and
         :class:`NoSuchJobError` when it was deleted."""
-        return self._call("update_job", functools.partial(self.store.update_job, job))
+        return self._call("update_job", functools.partial(self.store.update_job, job, overwrite=overwrite))
 
     def delete_job(self, job_id: str) -> None:
         """Delete a job and the files written for it with ``cleanup=True``. Idempotent."""

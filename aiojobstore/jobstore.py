@@ -108,6 +108,8 @@ class Job:
     data: Any = None
     id: str | None = None
     version: int = 0
+    #: Set by ``update_job(..., overwrite=True)``: whether it replaced a version newer than this copy's.
+    stale_overwritten: bool = field(default=False, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "version": self.version, "data": self.data}
@@ -417,23 +419,32 @@ class JobStore:
             raise CorruptRecordError(key, f"the record says it is job {job.id!r}")
         return job
 
-    async def update_job(self, job: Job) -> None:
+    async def update_job(self, job: Job, *, overwrite: bool = False) -> None:
         """Replace a job atomically and bump ``job.version``. Raises :class:`ConcurrentModificationError` when
         the stored job is newer than ``job`` (someone else updated it since it was loaded) and
-        :class:`NoSuchJobError` when it was deleted."""
+        :class:`NoSuchJobError` when it was deleted.
+
+        With ``overwrite=True`` the write wins whatever version is stored (last writer wins, as in Toil): it is
+        still one compare-and-swap on the record, so it never interleaves with another writer's update, and the
+        stored version is bumped past the one it replaced, so other holders' stale copies are still refused.
+        ``job.stale_overwritten`` tells afterwards whether it replaced a version newer than ``job.version``."""
         self._require_ready()
         key = job_key(check_job_id(job.id or ""))
         new = Job(job.name, job.data, job.id, job.version + 1)
         encoded = self.codec.encode(new)  # here, not in edit(): the caller may change job.data meanwhile
+        replaced: list[int] = []
 
         def edit(raw: bytes) -> bytes:
             stored = self._decode_job(raw, key, job.id)
-            if stored.version != job.version:
+            if stored.version == job.version:
+                return encoded
+            if not overwrite:
                 raise _StaleJobError(
                     f"job {job.id!r} is at version {stored.version} in the store but this copy is version "
                     f"{job.version}: load_job() it again and reapply the change"
                 )
-            return encoded
+            replaced.append(stored.version)
+            return self.codec.encode(Job(new.name, new.data, new.id, stored.version + 1))
 
         try:
             await self.backend.update_object(key, edit)
@@ -445,7 +456,8 @@ class JobStore:
             raise ConcurrentModificationError(
                 f"job {job.id!r} was changed by another writer during this update: load_job() it again"
             ) from None
-        job.version = new.version
+        job.stale_overwritten = bool(replaced) and replaced[-1] > job.version
+        job.version = replaced[-1] + 1 if replaced else new.version
 
     async def delete_job(self, job_id: str) -> None:
         """Delete a job and the files written for it with ``cleanup=True``. Idempotent."""

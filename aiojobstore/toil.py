@@ -1,3 +1,5 @@
+# pyright: reportMissingImports=false
+# (Toil is an optional extra: the type checkers run where it is not installed)
 """Toil on aiojobstore: an ``AbstractJobStore`` for the locators ``aiojobstore:<locator>``.
 
 Install ``aiojobstore[toil]`` and run a workflow with ``--jobStore aiojobstore:s3://bucket/run`` (or
@@ -100,7 +102,7 @@ def _toil_errors(file_id: str | None = None, job_id: str | None = None) -> Itera
         raise ConcurrentFileModificationException(file_id or job_id or "?") from error
 
 
-class AioJobStore(AbstractJobStore):
+class AioJobStore(AbstractJobStore):  # type: ignore[misc]  # Toil is not installed where mypy runs
     """A Toil job store on aiojobstore (``file:``, ``s3://``, ``gs://``, ``memory:`` locators).
 
     ``locator`` is the part after ``aiojobstore:``. ``stale_updates`` is ``"overwrite"`` (Toil's last-writer-wins,
@@ -209,7 +211,7 @@ class AioJobStore(AbstractJobStore):
     def load_job(self, job_id: str) -> Any:
         with _toil_errors(job_id=job_id):
             job = self._store.load_job(str(job_id))
-        self._versions[job.id] = job.version
+        self._versions[str(job_id)] = job.version
         description = job.data
         description.assignConfig(self.config)
         return description
@@ -218,60 +220,17 @@ class AioJobStore(AbstractJobStore):
         job_description.pre_update_hook()
         job_id = str(job_description.jobStoreID)
         known = self._versions.get(job_id)
-        if self.stale_updates == "refuse":
-            if known is None:
-                raise ConcurrentFileModificationException(job_id)  # never seen here: nothing to compare with
-            record = Job(name=job_description.jobName or "", data=job_description, id=job_id, version=known)
-            with _toil_errors(job_id=job_id):
-                _sync.run("update_job", self._learn_conditions)
-                self._store.update_job(record)
-            self._versions[job_id] = record.version
-            return
-        self._versions[job_id] = self._overwrite_job(job_id, job_description, known)
-
-    def _overwrite_job(self, job_id: str, description: Any, known: int | None) -> int:
-        """Replace the stored job whatever its version (Toil's last-writer-wins), as one compare-and-swap on the
-        record: the stored version is bumped, so other processes' ``refuse`` checks still see the write.
-
-        aiojobstore's public ``update_job`` has no unconditional mode yet, so this uses the store's record layout
-        (``_job_key``, ``_decode_job``, the backend's ``update_object``) until the core offers one."""
-        from .jobstore import _job_key
-
-        store = self._store.store
-        key = _job_key(job_id)
-        outcome: dict[str, int] = {}
-
-        def edit(raw: bytes) -> bytes:
-            stored = store._decode_job(raw, key, job_id)
-            outcome["version"] = stored.version + 1
-            outcome["stale"] = int(known is not None and stored.version != known)
-            return store.codec.encode(Job(description.jobName or "", description, job_id, stored.version + 1))
-
-        async def overwrite() -> None:
-            store._require_ready()
-            await self._learn_conditions()
-            try:
-                await store.backend.update_object(key, edit)
-            except errors.NoSuchFileError:
-                raise errors.NoSuchJobError(job_id) from None
-
+        if self.stale_updates == "refuse" and known is None:
+            raise ConcurrentFileModificationException(job_id)  # never seen here: nothing to compare with
+        record = Job(name=job_description.jobName or "", data=job_description, id=job_id, version=known or 0)
         with _toil_errors(job_id=job_id):
-            _sync.run("update_job", overwrite)
-        if outcome.get("stale"):
+            # "overwrite" (Toil's last writer wins) is still one compare-and-swap, bumping the stored version
+            self._store.update_job(record, overwrite=self.stale_updates == "overwrite")
+        if record.stale_overwritten:
             self.stale_overwrites += 1
-            log.debug("update_job(%s): overwrote version %d, newer than the version %s this process had",
-                      job_id, outcome["version"] - 1, known)
-        return outcome["version"]
-
-    async def _learn_conditions(self) -> None:
-        """Work around a core bug: the S3 backend builds a PutObject's ``If-Match`` before its once-per-process
-        probe has learned which ETag form the server wants, so on Ceph RGW (which wants it unquoted) the first
-        ``If-Match`` write of a process fails as a conflict. A Toil worker's first conditional write is exactly
-        that (``update_job``), so the probe is run first here. Remove once backends/s3.py probes before
-        building the condition."""
-        probe = getattr(self._store.store.backend, "_conditions_honoured", None)
-        if probe is not None:
-            await probe()
+            log.debug("update_job(%s): overwrote a version newer than the version %s this process had",
+                      job_id, known)
+        self._versions[job_id] = record.version
 
     def delete_job(self, job_id: str) -> None:
         with contextlib.suppress(errors.NoSuchJobError):
@@ -280,7 +239,7 @@ class AioJobStore(AbstractJobStore):
 
     def jobs(self) -> Iterator[Any]:
         for job in self._store.jobs():
-            self._versions[job.id] = job.version
+            self._versions[str(job.id)] = job.version
             job.data.assignConfig(self.config)
             yield job.data
 
@@ -313,46 +272,17 @@ class AioJobStore(AbstractJobStore):
 
     def read_file(self, file_id: str, local_path: str, symlink: bool = False) -> None:
         executable = bool(getattr(file_id, "executable", False))
-        if not symlink and not executable and self.link_reads and self._hard_link(str(file_id), local_path):
-            return
         with _toil_errors(file_id=file_id):
-            # a link would show the stored file's mode: an executable file is always copied
-            self._store.read_file(str(file_id), local_path, symlink=symlink and not executable)
+            if self.link_reads and not symlink:
+                # Toil's FileJobStore hard-links reads on the same file system (the reader promises not to modify
+                # the file): read_file(link=True) does so on file: (or reflinks), and copies elsewhere
+                self._store.read_file(str(file_id), local_path, link=True)
+            else:
+                # a symbolic link would show the stored file's mode: an executable file is always copied
+                self._store.read_file(str(file_id), local_path, symlink=symlink and not executable)
         if executable:
             mode = os.stat(local_path).st_mode
             os.chmod(local_path, mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
-
-    def _hard_link(self, file_id: str, local_path: str) -> bool:
-        """Toil's FileJobStore hard-links reads on the same file system (the reader promises not to modify the
-        file); so does the adapter on ``file:``. Whether the link worked; ``False`` means "copy instead".
-
-        aiojobstore's ``read_file`` has no hard-link mode yet, so this uses the store's record layout
-        (``_file_key``, the backend's ``local_path`` and ``stat``) until the core offers one."""
-        from .jobstore import _META_EXECUTABLE, _file_key
-
-        backend = self._store.store.backend
-        try:
-            key = _file_key(file_id)
-        except errors.InvalidKeyError:
-            return False
-        source = backend.local_path(key)
-        if source is None:
-            return False
-        info = _sync.run("read_file", backend.stat, key)
-        if info is None:
-            raise NoSuchFileException(file_id)
-        if info.metadata.get(_META_EXECUTABLE) == "1":
-            return False  # the link would show the stored file's mode, which is not executable
-        with contextlib.suppress(FileNotFoundError):
-            if os.path.islink(local_path) or os.path.exists(local_path):
-                if os.path.exists(local_path) and os.path.samefile(source, local_path):
-                    return True
-                os.unlink(local_path)
-        try:
-            os.link(source, local_path)
-        except OSError:  # another file system, or links refused: copy
-            return False
-        return True
 
     @contextlib.contextmanager
     def read_file_stream(self, file_id: str, encoding: str | None = None,

@@ -1208,6 +1208,8 @@ class LocalBackend(Backend):
                             raise
                     os.rename(staged.tmp, staged.name, src_dir_fd=d, dst_dir_fd=d)
                     placed = True
+                    with contextlib.suppress(FileNotFoundError):  # left by a rename onto a link of the same file
+                        os.unlink(staged.tmp, dir_fd=d)
                     if self.fsync:
                         os.fsync(d)
             finally:
