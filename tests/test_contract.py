@@ -739,3 +739,25 @@ async def test_shared_file_exists_without_the_key_is_true_for_an_encrypted_file(
     finally:
         await keyed.destroy()
         await keyed.close()
+
+
+async def test_update_job_overwrite_wins_over_a_newer_version_and_bumps_past_it(store, other):
+    """Toil's last-writer-wins, kept safe: the overwrite is one compare-and-swap and leaves the stored version past
+    the one it replaced, so a third holder's stale copy is still refused."""
+    job = await store.create_job(Job(name="j", data="v1"))
+    mine, theirs, third = await store.load_job(job.id), await other.load_job(job.id), await other.load_job(job.id)
+    theirs.data = "theirs"
+    await other.update_job(theirs)
+    mine.data = "mine"
+    with pytest.raises(ConcurrentModificationError):
+        await store.update_job(mine)
+    await store.update_job(mine, overwrite=True)
+    assert mine.stale_overwritten and mine.version == 3
+    stored = await other.load_job(job.id)
+    assert stored.data == "mine" and stored.version == 3
+    third.data = "third"
+    with pytest.raises(ConcurrentModificationError):
+        await other.update_job(third)
+    fresh = await store.load_job(job.id)
+    await store.update_job(fresh, overwrite=True)
+    assert not fresh.stale_overwritten and fresh.version == 4
