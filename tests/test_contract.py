@@ -761,3 +761,11 @@ async def test_update_job_overwrite_wins_over_a_newer_version_and_bumps_past_it(
     fresh = await store.load_job(job.id)
     await store.update_job(fresh, overwrite=True)
     assert not fresh.stale_overwritten and fresh.version == 4
+
+
+async def test_write_file_of_dev_null_stores_an_empty_file(store):
+    """A character device is read as a stream (Toil's testZeroLengthFiles writes /dev/null)."""
+    file_id = await store.write_file("/dev/null")
+    assert await store.get_file_size(file_id) == 0
+    async with store.read_file_stream(file_id) as reader:
+        assert await reader.read() == b""

@@ -368,6 +368,10 @@ class _Source:
         os.close(self.fd)
 
 
+class _NotRegular(JobStoreError):
+    """An upload's source is a device or a FIFO: it is read as a stream, not copied in parts."""
+
+
 @dataclass
 class _Copy:
     """A copy in progress: its source and the staged destination."""
@@ -1126,7 +1130,7 @@ class LocalBackend(Backend):
             if stat_module.S_ISDIR(st.st_mode):
                 raise JobStoreError(f"cannot upload {path!r}: it is a directory, not a file")
             if not stat_module.S_ISREG(st.st_mode):
-                raise JobStoreError(f"cannot upload {path!r}: it is not a regular file")
+                raise _NotRegular(path)
         except BaseException:
             os.close(fd)
             raise
@@ -1151,9 +1155,27 @@ class LocalBackend(Backend):
 
     async def upload_file(self, path: str | PathLike[str], key: str, *, metadata: dict[str, str] | None = None,
                           encrypted: bool = False, progress: ProgressCallback | None = None) -> ObjectInfo:
+        """Store a local file (parts copied in parallel, in the kernel). A source that is not a regular file — a
+        character device such as ``/dev/null``, a FIFO — is read to its end as a stream instead."""
         meta = {**(metadata or {}), **self.encryption_metadata(encrypted)}
-        return await self._kernel_copy(self._prepare_upload, os.fspath(path), key, self._segments(key),
-                                       metadata=meta, progress=progress)
+        try:
+            return await self._kernel_copy(self._prepare_upload, os.fspath(path), key, self._segments(key),
+                                           metadata=meta, progress=progress)
+        except _NotRegular:
+            pass
+        reporter = Progress(progress, None)
+        async with self.open_writer(key, metadata=metadata, encrypted=encrypted) as writer:
+            source = await _in_thread(functools.partial(open, os.fspath(path), "rb", buffering=0))
+            try:
+                while chunk := await _in_thread(source.read, STREAM_BUFFER):
+                    await writer.write(chunk)
+                    await reporter.advance(len(chunk))
+            finally:
+                await run_uncancelled(functools.partial(_in_thread, source.close))
+        info = await self.stat(key)
+        if info is None:
+            raise NoSuchFileError(key, "the upload vanished right after it was written")
+        return info
 
     async def download_file(self, key: str, path: str | PathLike[str], *,
                             progress: ProgressCallback | None = None) -> ObjectInfo:
