@@ -45,6 +45,7 @@ import contextlib
 import errno
 import fcntl
 import functools
+import io
 import json
 import logging
 import os
@@ -1165,7 +1166,7 @@ class LocalBackend(Backend):
             pass
         reporter = Progress(progress, None)
         async with self.open_writer(key, metadata=metadata, encrypted=encrypted) as writer:
-            source = await _in_thread(functools.partial(open, os.fspath(path), "rb", buffering=0))
+            source = await _in_thread(io.FileIO, os.fspath(path), "r")
             try:
                 while chunk := await _in_thread(source.read, STREAM_BUFFER):
                     await writer.write(chunk)
