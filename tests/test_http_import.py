@@ -19,11 +19,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
-        if self.path == "/trickle":  # 15 chunks, one every 0.2 s: 3 s in all, never idle for long
+        if self.path == "/trickle":  # 25 chunks, one every 0.2 s: 5 s in all, never idle for long
             self.send_response(200)
-            self.send_header("Content-Length", str(15 * 1000))
+            self.send_header("Content-Length", str(25 * 1000))
             self.end_headers()
-            for _ in range(15):
+            for _ in range(25):
                 self.wfile.write(b"t" * 1000)
                 self.wfile.flush()
                 time.sleep(0.2)
@@ -82,10 +82,10 @@ async def _no_files(store) -> bool:
 
 
 async def test_a_progressing_download_outlasts_the_idle_timeout(tmp_path, web):
-    """3 s of download with a 1 s idle timeout: only inactivity counts (a total limit would have cut it)."""
-    async with await _store(tmp_path, http_idle_timeout=1.0) as store:
+    """5 s of download with a 2 s idle timeout: only inactivity counts (a total limit would have cut it)."""
+    async with await _store(tmp_path, http_idle_timeout=2.0) as store:
         file_id = await store.import_file(f"{web}/trickle")
-        assert await store.get_file_size(file_id) == 15_000
+        assert await store.get_file_size(file_id) == 25_000
 
 
 async def test_a_stalled_download_fails_after_the_idle_timeout_naming_the_url(tmp_path, web):
