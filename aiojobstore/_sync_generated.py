@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -27,17 +28,17 @@ class GeneratedJobStoreMethods:
     """Blocking methods generated from :class:`JobStore`."""
 
     @property
+    @abstractmethod
     def store(self) -> JobStore:
         """The async JobStore behind the facade."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _call(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run the coroutine function ``func`` of the async method ``name`` and return its result."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _collect(self, name: str, func: Callable[[], AsyncIterator[T]]) -> list[T]:
         """Run the async iterator function ``func`` of the method ``name``; return its items."""
-        raise NotImplementedError
 
     def initialize(self, config: dict[str, Any] | None = None) -> None:
         """Create the store (and its directory or bucket). Raises :class:`JobStoreExistsError` if it exists."""
@@ -243,17 +244,17 @@ class GeneratedObjectStoreMethods:
     """Blocking methods generated from :class:`ObjectStore`."""
 
     @property
+    @abstractmethod
     def store(self) -> ObjectStore:
         """The async ObjectStore behind the facade."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _call(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:
         """Run the coroutine function ``func`` of the async method ``name`` and return its result."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _collect(self, name: str, func: Callable[[], AsyncIterator[T]]) -> list[T]:
         """Run the async iterator function ``func`` of the method ``name``; return its items."""
-        raise NotImplementedError
 
     def create(self) -> bool:
         """Create the directory or bucket if it is missing; return whether this call created it."""

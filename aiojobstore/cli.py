@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -1577,10 +1578,9 @@ async def _run_until_terminated(handler: Callable[[argparse.Namespace], Awaitabl
         if task is not None:
             task.cancel()
 
-    try:
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
-        return await handler(args)
+    if threading.current_thread() is not threading.main_thread() or sys.platform == "win32":
+        return await handler(args)  # signal handlers can only be set from the main thread, and not on Windows
+    loop.add_signal_handler(signal.SIGTERM, on_sigterm)
     try:
         return await handler(args)
     except asyncio.CancelledError:

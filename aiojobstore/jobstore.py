@@ -15,6 +15,7 @@ The object layout (which key holds what) is defined in :mod:`aiojobstore.layout`
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -1181,11 +1182,9 @@ class _LogClaim:
 
     async def take(self) -> bool | None:
         """``False``: claimed afresh; ``True``: taken over from a dead reader; ``None``: someone else holds it."""
-        try:
+        with contextlib.suppress(ConcurrentModificationError):  # held, or held by a reader that died
             self.etag = (await self.backend.put_bytes(self.key, self._body(), if_absent=True)).etag
             return False
-        except ConcurrentModificationError:
-            pass
         try:
             raw, info = await self.backend.get_object(self.key)
         except NoSuchFileError:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import functools
 import os
+from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -78,14 +79,14 @@ def _methods(source: str, cls_name: str, mixin: str, skip: set[str]) -> str:
     cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls_name)
     owner = "JobStore" if cls_name == "JobStore" else "ObjectStore"
     out = [f"class {mixin}:", f'    """Blocking methods generated from :class:`{owner}`."""', "",
-           "    @property", f"    def store(self) -> {owner}:",
-           f'        """The async {owner} behind the facade."""', "        raise NotImplementedError", "",
+           "    @property", "    @abstractmethod", f"    def store(self) -> {owner}:",
+           f'        """The async {owner} behind the facade."""', "",
+           "    @abstractmethod",
            "    def _call(self, name: str, func: Callable[[], Coroutine[Any, Any, T]]) -> T:",
-           '        """Run the coroutine function ``func`` of the async method ``name`` and return its result."""',
-           "        raise NotImplementedError", "",
+           '        """Run the coroutine function ``func`` of the async method ``name`` and return its result."""', "",
+           "    @abstractmethod",
            "    def _collect(self, name: str, func: Callable[[], AsyncIterator[T]]) -> list[T]:",
-           '        """Run the async iterator function ``func`` of the method ``name``; return its items."""',
-           "        raise NotImplementedError", ""]
+           '        """Run the async iterator function ``func`` of the method ``name``; return its items."""', ""]
     for node in cls.body:
         if not isinstance(node, ast.AsyncFunctionDef) or node.name.startswith("_") or node.name in skip:
             continue

@@ -1163,10 +1163,14 @@ class LocalBackend(Backend):
             return await self._kernel_copy(self._prepare_upload, os.fspath(path), key, self._segments(key),
                                            metadata=meta, progress=progress)
         except _NotRegular:
-            pass
+            return await self._upload_stream(os.fspath(path), key, metadata, encrypted, progress)
+
+    async def _upload_stream(self, path: str, key: str, metadata: dict[str, str] | None, encrypted: bool,
+                             progress: ProgressCallback | None) -> ObjectInfo:
+        """Read a source that cannot be copied in parts (a device, a FIFO) to its end into ``key``."""
         reporter = Progress(progress, None)
         async with self.open_writer(key, metadata=metadata, encrypted=encrypted) as writer:
-            source = await _in_thread(io.FileIO, os.fspath(path), "r")
+            source = await _in_thread(io.FileIO, path, "r")
             try:
                 while chunk := await _in_thread(source.read, STREAM_BUFFER):
                     await writer.write(chunk)

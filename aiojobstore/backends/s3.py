@@ -596,7 +596,7 @@ class S3Backend(Backend):
                         await self._delete_batch([entry["Key"]])
                         report.add(kind, int(entry.get("Size", 0)))
         except NoSuchFileError:  # no bucket: nothing to reclaim
-            pass
+            return report
         return report
 
     async def pending_uploads(self, prefix: str = "") -> list[str]:
