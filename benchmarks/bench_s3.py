@@ -20,7 +20,8 @@ Cases (sizes times ``--size-scale``; ``--quick`` is 1/8: 128 MiB instead of 1 Gi
 Clients, each at its defaults and "tuned" (50 MiB parts, 8 parts in flight, 128 connections, where the library
 lets one set them; aiojobstore's defaults already are 50 MiB / 8, so it runs once):
 
-- ``aiojobstore``: the S3 backend (``open_backend``): upload_file, download_file, open_writer, put/get_bytes;
+- ``aiojobstore``: the public object-store API (``aiojobstore.open_object_store``): upload_file, download_file,
+  open_writer, put/get;
 - ``boto3``: upload_file / download_file / upload_fileobj (s3transfer); 16 at once via one TransferManager;
 - ``aioboto3``: the same calls on the asyncio client, 16 at once with asyncio.gather;
 - ``s3fs``: put_file / get_file / open("wb"), 16 at once with put/get of lists;
@@ -78,6 +79,18 @@ CASE, TUNED, BUCKET, RUN = A["case"], A["config"] == "tuned", A["bucket"], A["ru
 MULTI_SRC = [os.path.join(A["data"], f"multi-{i}") for i in range(A["multi_n"])]
 MULTI_DST = [os.path.join(A["out"], f"multi-{i}") for i in range(A["multi_n"])]
 SMALL = os.urandom(4096)
+POOL = os.urandom(64 * MiB) if CASE == "stream" else b""  # made before the clock starts
+
+def cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process
+    return usage.ru_utime + usage.ru_stime
+
+CPU_AT_START = [0.0]
+
+def start():
+    """Start the clock (wall and this process's CPU)."""
+    CPU_AT_START[0] = cpu_seconds()
+    return time.perf_counter()
 
 def key(name):
     return f"{RUN}/{name}"
@@ -85,7 +98,7 @@ def key(name):
 class Generated:
     """A["stream_size"] bytes of unknown length cycled from a 64 MiB random pool: iterate (1 MiB blocks) or read(n)."""
     def __init__(self):
-        self.pool = os.urandom(64 * MiB)
+        self.pool = POOL
         self.left = A["stream_size"]
         self.offset = 0
     def read(self, n=-1):
@@ -108,45 +121,42 @@ def report(seconds):
     with open("/proc/self/status") as status:
         hwm = [int(line.split()[1]) for line in status if line.startswith("VmHWM:")]
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": seconds, "rss_mib": hwm[0] / 1024 if hwm else maxrss, "ru_maxrss_mib": maxrss}),
-          flush=True)
+    print(json.dumps({"seconds": seconds, "cpu_seconds": cpu_seconds() - CPU_AT_START[0],
+                      "rss_mib": hwm[0] / 1024 if hwm else maxrss, "ru_maxrss_mib": maxrss}), flush=True)
 '''
 
 AIOJOBSTORE = r'''
 import anyio
-from aiojobstore.locator import open_backend
-from aiojobstore.transfer import TransferConfig
+import aiojobstore
 
 async def main():
-    transfer = TransferConfig(part_size=50 * MiB, max_concurrency=8) if TUNED else TransferConfig()
-    backend = open_backend(f"s3://{BUCKET}", transfer=transfer, endpoint_url=A["endpoint"], region_name="us-east-1",
-                           aws_access_key_id=A["access"], aws_secret_access_key=A["secret"])
-    try:
-        await backend.client()
-        started = time.perf_counter()
+    options = dict(part_size="50MiB", max_concurrency=8) if TUNED else {}
+    store = aiojobstore.open_object_store(f"s3://{BUCKET}", endpoint_url=A["endpoint"], region_name="us-east-1",
+                                          aws_access_key_id=A["access"], aws_secret_access_key=A["secret"], **options)
+    async with store:
+        await store.exists()  # connects, like the peers' head_bucket
+        started = start()
         if CASE == "upload":
-            await backend.upload_file(A["big"], key("big"))
+            await store.upload_file(A["big"], key("big"))
         elif CASE == "download":
-            await backend.download_file(A["seed_big"], A["big_out"])
+            await store.download_file(A["seed_big"], A["big_out"])
         elif CASE == "multi_up":
             async with anyio.create_task_group() as tg:
                 for i, src in enumerate(MULTI_SRC):
-                    tg.start_soon(backend.upload_file, src, key(f"multi-{i}"))
+                    tg.start_soon(store.upload_file, src, key(f"multi-{i}"))
         elif CASE == "multi_down":
             async with anyio.create_task_group() as tg:
                 for i, dst in enumerate(MULTI_DST):
-                    tg.start_soon(backend.download_file, A["seed_multi"][i], dst)
+                    tg.start_soon(store.download_file, A["seed_multi"][i], dst)
         elif CASE == "stream":
-            async with backend.open_writer(key("stream")) as writer:
+            async with store.open_writer(key("stream")) as writer:
                 for block in Generated():
                     await writer.write(block)
         elif CASE == "small":
             for i in range(A["small_n"]):
-                await backend.put_bytes(key(f"small/{i}"), SMALL)
-                assert await backend.get_bytes(key(f"small/{i}")) == SMALL
+                await store.put(key(f"small/{i}"), SMALL)
+                assert await store.get(key(f"small/{i}")) == SMALL
         seconds = time.perf_counter() - started
-    finally:
-        await backend.close()
     report(seconds)
 
 anyio.run(main)
@@ -165,7 +175,7 @@ s3 = boto3.client("s3", endpoint_url=A["endpoint"], aws_access_key_id=A["access"
 cfg = TransferConfig(multipart_threshold=50 * MiB, multipart_chunksize=50 * MiB, max_concurrency=8) if TUNED \
     else TransferConfig()
 s3.head_bucket(Bucket=BUCKET)
-started = time.perf_counter()
+started = start()
 if CASE == "upload":
     s3.upload_file(A["big"], BUCKET, key("big"), Config=cfg)
 elif CASE == "download":
@@ -203,7 +213,7 @@ async def main():
                               aws_secret_access_key=A["secret"], region_name="us-east-1",
                               config=AioConfig(s3={"addressing_style": "path"}, **extra)) as s3:
         await s3.head_bucket(Bucket=BUCKET)
-        started = time.perf_counter()
+        started = start()
         if CASE == "upload":
             await s3.upload_file(A["big"], BUCKET, key("big"), Config=cfg)
         elif CASE == "download":
@@ -235,7 +245,7 @@ options = dict(default_block_size=50 * MiB, max_concurrency=8,
 fs = s3fs.S3FileSystem(key=A["access"], secret=A["secret"], endpoint_url=A["endpoint"],
                        client_kwargs={"region_name": "us-east-1"}, **options)
 fs.ls(BUCKET)
-started = time.perf_counter()
+started = start()
 if CASE == "upload":
     fs.put_file(A["big"], f"{BUCKET}/{key('big')}")
 elif CASE == "download":
@@ -287,7 +297,7 @@ async def multi():
         await asyncio.gather(*(get_to_file_async(A["seed_multi"][i], dst) for i, dst in enumerate(MULTI_DST)))
 
 obstore.list(store, prefix="none/").collect()
-started = time.perf_counter()
+started = start()
 if CASE == "upload":
     obstore.put(store, key("big"), Path(A["big"]), **put_options)
 elif CASE == "download":
@@ -453,7 +463,9 @@ def summarize(samples: list[dict], work: float) -> dict:
     if not ok:
         return {"error": samples[-1].get("error") if samples else "not run"}
     rates = [work / s["seconds"] for s in ok]
-    return {"median": statistics.median(rates), "min": min(rates), "max": max(rates),
+    cpu = [s["cpu_seconds"] for s in ok if "cpu_seconds" in s]
+    return {"cpu_seconds": statistics.median(cpu) if cpu else None,
+            "median": statistics.median(rates), "min": min(rates), "max": max(rates),
             "rss_mib": statistics.median(s["rss_mib"] for s in ok), "rss_max_mib": max(s["rss_mib"] for s in ok),
             "seconds": [s["seconds"] for s in ok], "n": len(ok),
             "errors": [s["error"] for s in samples if "error" in s],
@@ -574,7 +586,8 @@ def main() -> int:
                     else:
                         unit = "ops/s" if case == "small" else "MB/s"
                         rate = work[case] / result["seconds"] / (1 if case == "small" else 1e6)
-                        shown = f"{rate:8.1f} {unit}  {result['rss_mib']:6.0f} MiB  ({result['seconds']:.1f} s)"
+                        shown = (f"{rate:8.1f} {unit}  {result['rss_mib']:6.0f} MiB  ({result['seconds']:.1f} s, "
+                                 f"CPU {result.get('cpu_seconds', float('nan')):.2f} s)")
                         if "exit" in result:
                             shown += f"  (then exited {result['exit']})"
                     print(f"  [{repeat + 1}/{args.repeats}] {titles[case]:<22} {client:<11} {config:<7} {shown}",
@@ -594,6 +607,9 @@ def main() -> int:
     results = []
     for (client, config, case), runs_ in samples.items():
         summary = summarize(runs_, work[case] / (1 if case == "small" else 1e6))
+        cpu = summary.get("cpu_seconds")
+        if cpu is not None:  # client CPU per unit of work: s per GiB moved, or µs per request
+            summary["cpu"] = cpu / work[case] * 1e6 if case == "small" else cpu / (work[case] / (1 << 30))
         results.append({"client": client, "config": config, "case": case, **summary})
     best_peer = {}
     for case in cases:
@@ -615,7 +631,8 @@ def main() -> int:
         "server": server.name, "endpoint": server.endpoint, "date": datetime.date.today().isoformat(),
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "repeats": args.repeats, "scale": scale,
-        "units": {"small": "ops/s (puts + gets)", "other": "MB/s (10^6 bytes/s)"},
+        "units": {"small": "ops/s (puts + gets)", "other": "MB/s (10^6 bytes/s)",
+                  "cpu": "client CPU (user + system, all threads): s per GiB; for small, µs per request"},
         "tuned": {"part_size_mib": 50, "in_flight": 8, "pool": 128},
         "cases": cases, "case_titles": titles, "configs": [f"{c}/{k}" for c, k in runs], "best_peer": best_peer,
         "results": results, "table": lines, "targets": verdicts, "elapsed_s": elapsed,
@@ -630,8 +647,9 @@ def main() -> int:
 
 def print_table(results: list[dict], cases: list[str], titles: dict, runs: list) -> list[str]:
     lines = []
-    header = f"{'case':<24} {'client':<22} {'median':>9} {'min-max':>13} {'RSS MiB':>8} {'x best peer':>11}"
-    lines += ["", header, "-" * len(header)]
+    header = (f"{'case':<24} {'client':<22} {'median':>9} {'min-max':>13} {'RSS MiB':>8} {'CPU':>7} "
+              f"{'x best peer':>11}")
+    lines += ["", "CPU: the client's CPU seconds per GiB moved (small: µs per request)", header, "-" * len(header)]
     for case in cases:
         unit = "ops/s" if case == "small" else "MB/s"
         rows = [r for r in results if r["case"] == case]
@@ -642,8 +660,9 @@ def print_table(results: list[dict], cases: list[str], titles: dict, runs: list)
                 lines.append(f"{titles[case]:<24} {name:<22} FAILED: {r.get('error')}"[:160])
                 continue
             ratio = f"{r['ratio_to_best_peer']:.2f}x" if "ratio_to_best_peer" in r else "-"
+            cpu = f"{r['cpu']:7.2f}" if r.get("cpu") is not None else "      -"
             lines.append(f"{titles[case]:<24} {name:<22} {r['median']:9.1f} {r['min']:6.0f}-{r['max']:<6.0f} "
-                         f"{r['rss_mib']:8.0f} {ratio:>11}  {unit}")
+                         f"{r['rss_mib']:8.0f} {cpu} {ratio:>11}  {unit}")
         lines.append("")
     for line in lines:
         print(line)
@@ -651,9 +670,9 @@ def print_table(results: list[dict], cases: list[str], titles: dict, runs: list)
 
 
 def check_targets(results: list[dict], best_peer: dict, cases: list[str]) -> list[str]:
-    """The targets of issue 3 (meaningful on Ceph RGW at full size)."""
+    """The targets of issues 3 and 18 (meaningful on Ceph RGW at full size)."""
     ours = {r["case"]: r for r in results if r["client"] == "aiojobstore" and "median" in r}
-    out = ["targets (issue 3):"]
+    out = ["targets (issues 3 and 18):"]
     for case, need in (("upload", 1.0), ("download", 1.0), ("multi_up", 1.2), ("multi_down", 1.2), ("stream", 1.0)):
         if case in ours and best_peer.get(case):
             ratio = ours[case]["median"] / best_peer[case]
@@ -662,6 +681,15 @@ def check_targets(results: list[dict], best_peer: dict, cases: list[str]) -> lis
     if "stream" in ours and s3fs:
         ratio = ours["stream"]["median"] / max(s3fs)
         out.append(f"  stream      {ratio:5.2f}x best s3fs (need >= 2x): {'ok' if ratio >= 2 else 'MISSED'}")
+    if "small" in ours and best_peer.get("small"):
+        ratio = ours["small"]["median"] / best_peer["small"]
+        verdict = "ok" if ratio >= 1.2 else "MISSED"
+        out.append(f"  small       {ratio:5.2f}x best peer (need >= 1.2x, issue 18): {verdict}")
+    for case in ("upload", "download"):
+        if case in ours and ours[case].get("cpu") is not None:
+            cpu = ours[case]["cpu"]
+            out.append(f"  {case:<11} {cpu:5.2f} client CPU s/GiB (need <= 1.0, issue 18): "
+                       f"{'ok' if cpu <= 1.0 else 'MISSED'}")
     if "upload" in ours:
         rss = ours["upload"]["rss_max_mib"]
         out.append(f"  upload peak RSS {rss:.0f} MiB (need <= 550): {'ok' if rss <= 550 else 'MISSED'}")
