@@ -65,6 +65,7 @@ TUNED_POOL = 128
 CASES = ("upload", "download", "multi_up", "multi_down", "stream", "small")
 CLIENTS = ("aiojobstore", "boto3", "aioboto3", "s3fs", "obstore")
 PEERS = CLIENTS[1:]
+BASELINE = "aiojobstore-baseline"  # the same worker on another checkout of the package (--baseline)
 IMPORTS = {"boto3": "boto3", "aioboto3": "aioboto3", "s3fs": "s3fs", "obstore": "obstore"}
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -313,7 +314,8 @@ elif CASE == "small":
 report(time.perf_counter() - started)
 '''
 
-WORKERS = {"aiojobstore": AIOJOBSTORE, "boto3": BOTO3, "aioboto3": AIOBOTO3, "s3fs": S3FS, "obstore": OBSTORE}
+WORKERS = {"aiojobstore": AIOJOBSTORE, BASELINE: AIOJOBSTORE, "boto3": BOTO3, "aioboto3": AIOBOTO3, "s3fs": S3FS,
+           "obstore": OBSTORE}
 
 CHART = r'''
 import json, sys
@@ -348,11 +350,14 @@ fig.savefig(sys.argv[2], dpi=110)
 
 # ----------------------------------------------------------------------------------------------- helpers
 
-def run_worker(python: str, client: str, args: dict, timeout: float) -> dict:
+def run_worker(python: str, client: str, args: dict, timeout: float, baseline: str | None = None) -> dict:
     code = COMMON + WORKERS[client]
+    env = dict(os.environ)
+    if client == BASELINE and baseline:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [baseline, env.get("PYTHONPATH")]))
     try:
         result = subprocess.run([python, "-c", code, json.dumps(args)], capture_output=True, text=True,
-                                timeout=timeout, cwd=tempfile.gettempdir())
+                                timeout=timeout, cwd=tempfile.gettempdir(), env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     try:
@@ -491,6 +496,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="same as --size-scale 0.125 (128 MiB for 1 GiB)")
     parser.add_argument("--peer-python", default="/tmp/bench-peers-venv/bin/python")
     parser.add_argument("--clients", default=",".join(CLIENTS))
+    parser.add_argument("--baseline", metavar="DIR", help="also run aiojobstore from this checkout (e.g. a git "
+                        "worktree of an older commit) as client aiojobstore-baseline, for a before/after table")
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--configs", default="tuned,default")
     parser.add_argument("--ceph-store-gib", type=int, default=12, help="memstore size of the started Ceph OSD")
@@ -520,13 +527,15 @@ def main() -> int:
                 print(f"SKIPPED {client}: not importable with {args.peer_python} ({reason})")
                 continue
         clients.append(client)
+    if args.baseline:
+        clients.insert(1, BASELINE)
     runs = []  # (client, config): aiojobstore's defaults are the tuned values, so it runs once
     for client in clients:
         for config in configs:
-            runs.append((client, "default" if client == "aiojobstore" else config))
+            runs.append((client, "default" if client.startswith("aiojobstore") else config))
     runs = list(dict.fromkeys(runs))
 
-    python = {c: (sys.executable if c == "aiojobstore" else args.peer_python) for c in clients}
+    python = {c: (sys.executable if c.startswith("aiojobstore") else args.peer_python) for c in clients}
     server = Server(args)
     bucket = args.bucket or f"aiojobstore-bench-{os.getpid()}"
     data = Path(tempfile.mkdtemp(prefix="aiojobstore-bench-s3-"))
@@ -574,7 +583,7 @@ def main() -> int:
                         "seed_big": "seed/big", "seed_multi": [f"seed/multi-{i}" for i in range(multi_n)],
                         "multi_n": multi_n, "stream_size": stream_size, "small_n": small_n,
                     }
-                    result = run_worker(python[client], client, worker_args, args.timeout)
+                    result = run_worker(python[client], client, worker_args, args.timeout, args.baseline)
                     samples.setdefault((client, config, case), []).append(result)
                     shutil.rmtree(out, ignore_errors=True)
                     # Downloads that leave their bytes unsynced in the page cache (every peer) would otherwise be
@@ -590,7 +599,7 @@ def main() -> int:
                                  f"CPU {result.get('cpu_seconds', float('nan')):.2f} s)")
                         if "exit" in result:
                             shown += f"  (then exited {result['exit']})"
-                    print(f"  [{repeat + 1}/{args.repeats}] {titles[case]:<22} {client:<11} {config:<7} {shown}",
+                    print(f"  [{repeat + 1}/{args.repeats}] {titles[case]:<22} {client:<20} {config:<7} {shown}",
                           flush=True)
                     if case != "download" and case != "multi_down":
                         s3_admin(server, bucket, "clean")
@@ -613,12 +622,16 @@ def main() -> int:
         results.append({"client": client, "config": config, "case": case, **summary})
     best_peer = {}
     for case in cases:
-        peer_rates = [r["median"] for r in results if r["case"] == case and r["client"] != "aiojobstore"
+        peer_rates = [r["median"] for r in results if r["case"] == case and not r["client"].startswith("aiojobstore")
                       and "median" in r]
         best_peer[case] = max(peer_rates) if peer_rates else None
     for r in results:
         if "median" in r and best_peer.get(r["case"]):
             r["ratio_to_best_peer"] = r["median"] / best_peer[r["case"]]
+    baseline_rates = {r["case"]: r["median"] for r in results if r["client"] == BASELINE and "median" in r}
+    for r in results:
+        if r["client"] == "aiojobstore" and "median" in r and baseline_rates.get(r["case"]):
+            r["ratio_to_baseline"] = r["median"] / baseline_rates[r["case"]]
 
     lines = print_table(results, cases, titles, runs)
     verdicts = check_targets(results, best_peer, cases)
@@ -631,6 +644,7 @@ def main() -> int:
         "server": server.name, "endpoint": server.endpoint, "date": datetime.date.today().isoformat(),
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
         "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "repeats": args.repeats, "scale": scale,
+        "baseline": args.baseline,
         "units": {"small": "ops/s (puts + gets)", "other": "MB/s (10^6 bytes/s)",
                   "cpu": "client CPU (user + system, all threads): s per GiB; for small, µs per request"},
         "tuned": {"part_size_mib": 50, "in_flight": 8, "pool": 128},
@@ -647,7 +661,7 @@ def main() -> int:
 
 def print_table(results: list[dict], cases: list[str], titles: dict, runs: list) -> list[str]:
     lines = []
-    header = (f"{'case':<24} {'client':<22} {'median':>9} {'min-max':>13} {'RSS MiB':>8} {'CPU':>7} "
+    header = (f"{'case':<24} {'client':<30} {'median':>9} {'min-max':>13} {'RSS MiB':>8} {'CPU':>7} "
               f"{'x best peer':>11}")
     lines += ["", "CPU: the client's CPU seconds per GiB moved (small: µs per request)", header, "-" * len(header)]
     for case in cases:
@@ -657,11 +671,13 @@ def print_table(results: list[dict], cases: list[str], titles: dict, runs: list)
         for r in rows:
             name = f"{r['client']} ({r['config']})"
             if "median" not in r:
-                lines.append(f"{titles[case]:<24} {name:<22} FAILED: {r.get('error')}"[:160])
+                lines.append(f"{titles[case]:<24} {name:<30} FAILED: {r.get('error')}"[:160])
                 continue
             ratio = f"{r['ratio_to_best_peer']:.2f}x" if "ratio_to_best_peer" in r else "-"
+            if "ratio_to_baseline" in r:
+                ratio += f" ({r['ratio_to_baseline']:.2f}x baseline)"
             cpu = f"{r['cpu']:7.2f}" if r.get("cpu") is not None else "      -"
-            lines.append(f"{titles[case]:<24} {name:<22} {r['median']:9.1f} {r['min']:6.0f}-{r['max']:<6.0f} "
+            lines.append(f"{titles[case]:<24} {name:<30} {r['median']:9.1f} {r['min']:6.0f}-{r['max']:<6.0f} "
                          f"{r['rss_mib']:8.0f} {cpu} {ratio:>11}  {unit}")
         lines.append("")
     for line in lines:
