@@ -4,7 +4,7 @@
 >>> objects = aiojobstore.open_object_store("s3://bucket/prefix")     # objects at keys you choose
 """
 
-from .backends.base import ObjectInfo
+from .backends.base import CommonPrefix, ObjectInfo
 from .errors import (
     ConcurrentFileModificationException,
     ConcurrentModificationError,
@@ -36,6 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CleanReport",
+    "CommonPrefix",
     "ConcurrentFileModificationException",
     "ConcurrentModificationError",
     "ConditionalWritesUnsupportedError",

@@ -6,13 +6,14 @@ each runs the async method of the same name through the facade's ``_call`` and r
 
 from __future__ import annotations
 
+import builtins
 import functools
 import os
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .backends.base import ObjectInfo
+from .backends.base import CommonPrefix, ObjectInfo
 from .jobstore import DEFAULT_DEBRIS_AGE, DEFAULT_LOG_LEASE, CleanReport, FileID, Job
 from .objects import PutMode
 from .transfer import ProgressCallback
@@ -157,7 +158,7 @@ class GeneratedJobStoreMethods:
         :class:`NoSuchFileError`."""
         return self._call("stat_file", functools.partial(self.store.stat_file, file_id))
 
-    def list_files(self, prefix: str = "") -> list[ObjectInfo]:
+    def list_files(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         """Every file whose ID starts with ``prefix``, in no promised order (``key`` is the file ID)."""
         return self._collect("list_files", functools.partial(self.store.list_files, prefix))
 
@@ -165,7 +166,7 @@ class GeneratedJobStoreMethods:
         """A shared file's info (``key`` is its name). Raises :class:`NoSuchFileError`."""
         return self._call("stat_shared_file", functools.partial(self.store.stat_shared_file, shared_file_name))
 
-    def list_shared_files(self, prefix: str = "") -> list[ObjectInfo]:
+    def list_shared_files(self, prefix: str = "") -> builtins.list[ObjectInfo]:
         """Every shared file whose name starts with ``prefix`` (``key`` is the name)."""
         return self._collect("list_shared_files", functools.partial(self.store.list_shared_files, prefix))
 
@@ -301,10 +302,22 @@ class GeneratedObjectStoreMethods:
         """Size, etag, modification time and metadata of an object, or ``None`` if there is none."""
         return self._call("stat", functools.partial(self.store.stat, key))
 
-    def list(self, prefix: str = "", *, metadata: bool = False) -> list[ObjectInfo]:
+    def list(self, prefix: str = "", *, metadata: bool = False) -> builtins.list[ObjectInfo]:
         """Every object whose key starts with ``prefix``, in no promised order. ``metadata=True`` also fetches each
         object's metadata (a request per object on S3)."""
         return self._collect("list", functools.partial(self.store.list, prefix, metadata=metadata))
+
+    def list_with_delimiter(
+        self, prefix: str = "", *, delimiter: str = "/", metadata: bool = False
+    ) -> builtins.list[ObjectInfo | CommonPrefix]:
+        """One level of the store below ``prefix``, in key order (``aws s3 ls`` without ``--recursive``): the objects
+        whose key after ``prefix`` has no ``delimiter``, and a :class:`CommonPrefix` (``key`` ends with the
+        delimiter) for each deeper group. S3 and GCS list natively, one page at a time. ``metadata=True`` also
+        fetches each object's metadata (a request per object on S3)."""
+        return self._collect(
+            "list_with_delimiter",
+            functools.partial(self.store.list_with_delimiter, prefix, delimiter=delimiter, metadata=metadata),
+        )
 
     def delete(self, key: str) -> None:
         """Delete an object; a missing one is not an error."""

@@ -40,7 +40,7 @@ import anyio
 from tqdm import tqdm
 
 from . import __version__, units
-from .backends.base import META_CRC32C, META_KEY_SHA256, ObjectInfo
+from .backends.base import META_CRC32C, META_KEY_SHA256, CommonPrefix, ObjectInfo
 from .errors import JobStoreError, JobStoreExistsError, NoSuchFileError, NoSuchJobError, NoSuchJobStoreError
 from .jobstore import FileID, JobStore, open_store
 from .layout import META_EXECUTABLE, check_shared_file_name
@@ -1019,18 +1019,20 @@ async def _ls_objects(ref: ObjectRef, args: argparse.Namespace, stores: Stores) 
     objects = await stores.objects(ref.root)
     # s3://b/dir/ lists inside dir/; s3://b/di lists what starts with "di" in the bucket's root folder
     base = ref.key[: ref.key.rfind("/") + 1]
-    folders: set[str] = set()
+    folders: list[str] = []
     rows: list[ObjectInfo] = []
-    async for info in objects.list(ref.key):
-        rest = info.key[len(base) :]
-        if not args.recursive and "/" in rest:
-            folders.add(rest[: rest.index("/") + 1])
-        else:
-            rows.append(info)
+    if args.recursive:
+        rows = [info async for info in objects.list(ref.key)]
+    else:  # one level, listed by the service (S3's and GCS's delimiter), not the whole tree below
+        async for entry in objects.list_with_delimiter(ref.key):
+            if isinstance(entry, CommonPrefix):
+                folders.append(entry.key[len(base) :])
+            else:
+                rows.append(entry)
     if not rows and not folders and ref.key:
         raise NoSuchFileError(str(ref), "no object or prefix there")
     width = max([3, *(len(size(info.size)) for info in rows)])
-    for folder in sorted(folders):
+    for folder in folders:
         _say(f"{'':19} {'PRE':>{width}} {folder}")
     for info in sorted(rows, key=lambda i: i.key):
         name = info.key if args.recursive else info.key[len(base) :]

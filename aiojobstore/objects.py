@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import unquote, urlparse
 
-from .backends.base import Backend, ObjectInfo
+from .backends.base import Backend, CommonPrefix, ObjectInfo
 from .errors import InvalidLocatorError, InvalidOptionError, NoSuchFileError
 from .locator import Locator, open_backend, parse_locator
 from .streams import AsyncReader, AsyncWriter
@@ -134,6 +134,17 @@ class ObjectStore:
         object's metadata (a request per object on S3)."""
         async for info in self.backend.list(prefix, metadata=metadata):
             yield info
+
+    async def list_with_delimiter(self, prefix: str = "", *, delimiter: str = "/",
+                                  metadata: bool = False) -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """One level of the store below ``prefix``, in key order (``aws s3 ls`` without ``--recursive``): the objects
+        whose key after ``prefix`` has no ``delimiter``, and a :class:`CommonPrefix` (``key`` ends with the
+        delimiter) for each deeper group. S3 and GCS list natively, one page at a time. ``metadata=True`` also
+        fetches each object's metadata (a request per object on S3)."""
+        async for entry in self.backend.list_delimited(prefix, delimiter):
+            if metadata and isinstance(entry, ObjectInfo):
+                entry = await self.backend.stat(entry.key) or entry
+            yield entry
 
     async def delete(self, key: str) -> None:
         """Delete an object; a missing one is not an error."""

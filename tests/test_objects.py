@@ -95,6 +95,26 @@ async def test_copy_delete_many_and_presign(objects):
     assert [info async for info in objects.list("c/")] == []
 
 
+async def test_list_with_delimiter_gives_one_level_in_key_order(objects):
+    for name in ("d/a", "d/b/1", "d/b/2", "d/c.txt", "d/z/deep/1", "other/x"):
+        await objects.put(name, name.encode(), metadata={"name": name.replace("/", "-")})
+
+    async def level(prefix: str, **options: object) -> list[tuple[str, str]]:
+        return [(type(entry).__name__, entry.key) async for entry in objects.list_with_delimiter(prefix, **options)]
+
+    assert await level("d/") == [("ObjectInfo", "d/a"), ("CommonPrefix", "d/b/"), ("ObjectInfo", "d/c.txt"),
+                                 ("CommonPrefix", "d/z/")]
+    assert await level("") == [("CommonPrefix", "d/"), ("CommonPrefix", "other/")]
+    assert await level("d/b") == [("CommonPrefix", "d/b/")]
+    assert await level("d/z/deep/") == [("ObjectInfo", "d/z/deep/1")]
+    assert await level("nothing/") == []
+    assert await level("d/", delimiter=".") == [("ObjectInfo", "d/a"), ("ObjectInfo", "d/b/1"), ("ObjectInfo", "d/b/2"),
+                                                ("CommonPrefix", "d/c."), ("ObjectInfo", "d/z/deep/1")]
+    with_meta = [entry async for entry in objects.list_with_delimiter("d/", metadata=True)
+                 if isinstance(entry, aiojobstore.ObjectInfo)]
+    assert [entry.metadata.get("name") for entry in with_meta] == ["d-a", "d-c.txt"]
+
+
 async def test_copy_between_any_two_locations(store_target, tmp_path):
     """aiojobstore.copy: local file -> the backend -> another key of it -> memory -> a local file."""
     source = tmp_path / "in.bin"
@@ -131,6 +151,7 @@ def test_blocking_twin_has_the_same_names(tmp_path):
         with store.open_reader("k/2") as f:
             assert f.read() == b"two"
         assert sorted(i.key for i in store.list("k/")) == ["k/1", "k/2"]
+        assert [entry.key for entry in store.list_with_delimiter("")] == ["k/"]
         aiojobstore.sync.copy(f"file:{tmp_path}/objs/k/1", str(tmp_path / "one.txt"))
         assert (tmp_path / "one.txt").read_bytes() == b"one"
         store.delete_many(["k/1", "k/2"])

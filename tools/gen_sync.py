@@ -37,13 +37,14 @@ each runs the async method of the same name through the facade's ``_call`` and r
 
 from __future__ import annotations
 
+import builtins
 import functools
 import os
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .backends.base import ObjectInfo
+from .backends.base import CommonPrefix, ObjectInfo
 from .jobstore import DEFAULT_DEBRIS_AGE, DEFAULT_LOG_LEASE, CleanReport, FileID, Job
 from .objects import PutMode
 from .transfer import ProgressCallback
@@ -95,7 +96,7 @@ def _methods(source: str, cls_name: str, mixin: str, skip: set[str]) -> str:
         returns = ast.unparse(node.returns) if node.returns else "Any"
         iterator = returns.startswith("AsyncIterator[")
         if iterator:
-            returns = "list[" + returns[len("AsyncIterator[") :]
+            returns = "builtins.list[" + returns[len("AsyncIterator[") :]  # a method may be called list
         signature = ast.unparse(node.args)
         doc = _first_paragraph(ast.get_docstring(node))
         call = f"functools.partial(self.store.{node.name}, {_call_arguments(node.args)})".replace(", )", ")")
