@@ -12,10 +12,7 @@ table on every write, so letting it grow would make the suite slow.
 from __future__ import annotations
 
 import importlib.util
-import os
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import StoreTarget, free_port
+from tests.support import StoreTarget, free_port, server_process
 
 LAUNCHER = Path(__file__).with_name("servers") / "gcs_emulator.py"
 
@@ -33,14 +30,6 @@ def _emulator_command(port: int) -> list[str] | None:
     if importlib.util.find_spec("gcp_storage_emulator") is None:
         return None
     return [sys.executable, str(LAUNCHER), "--host", "127.0.0.1", "--port", str(port)]
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url + "/", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def http(method: str, url: str, body: bytes | None = None, headers: dict[str, str] | None = None) -> bytes:
@@ -58,25 +47,8 @@ def gcs_emulator() -> Iterator[str]:
     if command is None:
         pytest.skip("gcp-storage-emulator is not installed (pip install gcp-storage-emulator)")
     url = f"http://127.0.0.1:{port}"
-    log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"gcs-emulator-{port}.log"), "wb")  # noqa: SIM115
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while not _answers(url):
-            if process.poll() is not None:
-                pytest.fail(f"gcp-storage-emulator exited with {process.returncode}; see {log.name}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"gcp-storage-emulator did not answer on {url} within 30 s; see {log.name}")
-            time.sleep(0.1)
+    with server_process("gcp-storage-emulator", command, url + "/", timeout=30, any_status=False):
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
 
 
 def create_bucket(emulator: str, bucket: str) -> None:

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.fault_proxy import FaultProxy, FaultRule
-from tests.servers.ceph_rgw import CephRGW, ceph_available
-from tests.support import StoreTarget, free_port
+from tests.support import StoreTarget, ceph_cluster, free_port
 
 __all__ = ["FaultProxy", "FaultRule", "S3Server"]
 
@@ -75,16 +74,5 @@ def ceph_target(ceph_rgw: S3Server) -> StoreTarget:
 
 @pytest.fixture(scope="session")
 def ceph_rgw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    reason = ceph_available()
-    if reason:
-        pytest.skip(f"Ceph RGW tests skipped: {reason}")
-    cluster = CephRGW(tmp_path_factory.mktemp("ceph"))
-    try:
-        cluster.start()
-    except Exception:
-        cluster.stop(keep=True)
-        raise
-    try:
+    with ceph_cluster(tmp_path_factory) as cluster:
         yield S3Server("ceph", cluster.endpoint_url, cluster.access_key, cluster.secret_key)
-    finally:
-        cluster.stop()
