@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ...errors import NoSuchFileError
+from ...errors import InvalidKeyError, NoSuchFileError
 from ...streams import AsyncWriter
 from ...transfer import (
     Part,
@@ -45,7 +45,7 @@ from ...transfer import (
     plan_parts,
     run_parts,
 )
-from ..base import META_KEY_SHA256, Backend, ObjectInfo, reject_unknown_options, user_metadata
+from ..base import META_KEY_SHA256, Backend, CommonPrefix, ObjectInfo, reject_unknown_options, user_metadata
 from .client import GCS_API_ROOT, emulator_host_from_env, normalise_host
 from .compose import GCSCompose
 from .container import GCSContainer
@@ -219,6 +219,26 @@ class GCSBackend(GCSCompose, GCSReads, GCSContainer):
                 continue
             yield self._info(resource)
 
+    async def list_delimited(self, prefix: str = "", delimiter: str = "/") -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """One level of the listing under ``prefix``, in key order: the objects whose key after ``prefix`` has no
+        ``delimiter``, and a :class:`CommonPrefix` (ending with the delimiter) for each group of deeper keys.
+        GCS groups them itself (the JSON API's ``delimiter`` and ``prefixes``); the backend's own objects
+        (``.ajs-tmp/``, ``.ajs-container``) are left out. Raises ``InvalidKeyError`` for an empty delimiter."""
+        if not delimiter:
+            raise InvalidKeyError("list_delimited needs a non-empty delimiter (use list() for a flat listing)")
+        internal = self._internal_prefixes()
+        last_prefix: str | None = None
+        params = {"prefix": self.root + prefix, "delimiter": delimiter}
+        async for page in self._list_pages(params, f"list {self.root + prefix} by {delimiter!r}"):
+            for entry in _merge_page(page):
+                if isinstance(entry, str):
+                    if entry.startswith(internal) or entry == last_prefix:
+                        continue
+                    last_prefix = entry  # a prefix that a page boundary splits is reported once
+                    yield CommonPrefix(self._key_of(entry))
+                elif not entry["name"].startswith(internal):
+                    yield self._info(entry)
+
     # ------------------------------------------------------------------ copies
 
     async def _commit_rewrite(self, source: GCSBackend, src_key: str, src_name: str, resource: dict[str, Any],
@@ -249,6 +269,12 @@ class GCSBackend(GCSCompose, GCSReads, GCSContainer):
         if source._is_encrypted(resource) and source.sse_key != self.sse_key:
             return None
         return await self._commit_rewrite(source, src_key, src_name, resource, dst_key, None)
+
+
+def _merge_page(page: dict[str, Any]) -> list[dict[str, Any] | str]:
+    """A listing page's objects (resources) and common prefixes (names), merged into name order."""
+    entries: list[dict[str, Any] | str] = [*(page.get("items") or []), *(page.get("prefixes") or [])]
+    return sorted(entries, key=lambda entry: entry if isinstance(entry, str) else entry["name"])
 
 
 def from_locator(locator: Locator, *, transfer: TransferConfig | None = None, sse_key: bytes | str | None = None,
