@@ -29,13 +29,14 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from aiojobstore.backends.base import META_CRC32C, user_metadata
+from aiojobstore.backends.base import META_CRC32C, CommonPrefix, ObjectInfo, user_metadata
 from aiojobstore.backends.gcs import GCSBackend
 from aiojobstore.backends.memory import MemoryBackend
 from aiojobstore.errors import (
     ConcurrentModificationError,
     EncryptionKeyError,
     IntegrityError,
+    InvalidKeyError,
     JobStoreError,
     NoSuchFileError,
     TransferError,
@@ -522,6 +523,26 @@ async def test_list_hides_internal_objects(gcs: GCSBackend) -> None:
     await gcs.put_bytes("y", b"3")
     assert sorted(i.key for i in [i async for i in gcs.list()]) == ["x/1", "x/2", "y"]
     assert sorted(i.key for i in [i async for i in gcs.list("x/")]) == ["x/1", "x/2"]
+
+
+async def test_delimited_listing_gives_one_level_in_key_order_without_internal_objects(gcs: GCSBackend) -> None:
+    for key in ("a", "b/c", "b/d", "b/e/f", "c/x", "z", "b.q", "ba", "d-1-x", "d-2"):
+        await gcs.put_bytes(key, key.encode())
+    await gcs.put_bytes(".ajs-tmp/debris/p000001", b"part")  # what a writer leaves: the backend's own
+
+    async def level(prefix: str, delimiter: str = "/") -> list[str]:
+        entries = [e async for e in gcs.list_delimited(prefix, delimiter)]
+        return [f"<{e.key}>" if isinstance(e, CommonPrefix) else e.key for e in entries]  # <prefix>
+
+    assert await level("") == ["a", "b.q", "<b/>", "ba", "<c/>", "d-1-x", "d-2", "z"]
+    assert await level("b/") == ["b/c", "b/d", "<b/e/>"]
+    assert await level("b") == ["b.q", "<b/>", "ba"]
+    assert await level("d-", "-") == ["<d-1->", "d-2"]
+    assert await level("nothing/") == []
+    objects = [e async for e in gcs.list_delimited("b/") if isinstance(e, ObjectInfo)]
+    assert objects[0] == await gcs.stat("b/c") and objects[0].size == 3
+    with pytest.raises(InvalidKeyError):
+        [e async for e in gcs.list_delimited("b/", "")]
 
 
 async def test_constructor_does_no_io_and_unreachable_endpoint_is_a_transfer_error() -> None:
