@@ -206,7 +206,7 @@ async def test_a_cancelled_get_closes_its_connection(tmp_path: Path) -> None:
         with anyio.move_on_after(0.3) as scope:
             await get(getter, url + "/stall", file, 0, MiB)
         assert scope.cancelled_caught
-        assert not any(getter._idle.values())
+        assert not any(getter.http._idle.values())
         await get(getter, url + "/blob", file, 0, MiB)
         getter.close()
     assert len({port for port, _, _ in server.requests}) == 2
