@@ -48,6 +48,8 @@ MAX_HEAD = 64 * 1024
 INLINE_BODY = 256 * 1024
 #: Bytes per slice of a body written through the transport (TLS), and per ``send``/``sendfile`` call.
 SLICE = MiB
+#: Body bytes read ahead while nobody waits for them; reading pauses beyond (flow control).
+READ_AHEAD = 64 * 1024
 
 
 class HttpConnectionError(ConnectionError):
@@ -73,8 +75,10 @@ Body = bytes | bytearray | memoryview | FileRange
 
 class _Connection(asyncio.BufferedProtocol):
     """One HTTP/1.1 connection. Reads the response head into a scratch buffer, then body bytes straight into the
-    view set by :meth:`fill` (or, without one, into :attr:`_leftover` for :meth:`read_some`); reading pauses
-    whenever nobody waits for bytes."""
+    view set by :meth:`fill` (or, without one, into :attr:`_leftover` for :meth:`read_some`, up to
+    :data:`READ_AHEAD` bytes); reading pauses only when the read-ahead is full, so that a small response
+    costs no pause and resume of the socket's reading (two system calls), and an idle connection notices at once
+    when the server closes it."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -87,8 +91,7 @@ class _Connection(asyncio.BufferedProtocol):
         self._view: memoryview | None = None
         self._filled = 0
         self._reading_into_view = False
-        self._want_some = False
-        self._event: asyncio.Event | None = None
+        self._waiter: asyncio.Future[bool] | None = None
         self._writable: asyncio.Event | None = None
         self.on_head: Callable[[], None] | None = None
         self.received = 0  # bytes of the current response received (head included)
@@ -112,12 +115,12 @@ class _Connection(asyncio.BufferedProtocol):
             assert self._view is not None
             self._filled += nbytes
             if self._filled == len(self._view):
-                self._pause()
+                self._notify()  # bytes that follow go to the read-ahead (which pauses reading when full)
             return
         if self._in_body:  # no view waiting: keep the bytes in order for the next view or read_some
             self._leftover += self._scratch[:nbytes]
-            if self._want_some:
-                self._want_some = False
+            self._notify()
+            if len(self._leftover) >= READ_AHEAD:
                 self._pause()
             return
         self._head += self._scratch[:nbytes]
@@ -128,7 +131,9 @@ class _Connection(asyncio.BufferedProtocol):
             self._in_body = True
             if self.on_head is not None:
                 self.on_head()
-            self._pause()
+            self._notify()
+            if len(self._leftover) >= READ_AHEAD:
+                self._pause()
         elif len(self._head) > MAX_HEAD:
             self._fail(HttpConnectionError(f"response head longer than {MAX_HEAD} bytes"))
 
@@ -154,8 +159,12 @@ class _Connection(asyncio.BufferedProtocol):
     def _pause(self) -> None:
         assert self.transport is not None
         self.transport.pause_reading()
-        if self._event is not None:
-            self._event.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(True)
 
     def _fail(self, error: BaseException) -> None:
         self.reusable = False
@@ -163,8 +172,7 @@ class _Connection(asyncio.BufferedProtocol):
             self.error = error
         if self.on_head is not None:
             self.on_head()
-        if self._event is not None:
-            self._event.set()
+        self._notify()
 
     def begin(self) -> None:
         """Reset for the next request and start reading its response."""
@@ -199,7 +207,7 @@ class _Connection(asyncio.BufferedProtocol):
         view[:taken] = self._leftover[:taken]
         del self._leftover[:taken]
         self._view, self._filled = view, taken
-        if taken < len(view):
+        if taken < len(view) or len(self._leftover) < READ_AHEAD:
             self.transport.resume_reading()
 
     async def filled(self, timeout: float) -> memoryview:
@@ -214,10 +222,10 @@ class _Connection(asyncio.BufferedProtocol):
         """Body bytes received so far, waiting for some when there are none."""
         assert self.transport is not None and self._in_body and self._view is None
         if not self._leftover:
-            self._want_some = True
             self.transport.resume_reading()
             await self._wait(lambda: bool(self._leftover), timeout)
         data, self._leftover = self._leftover, bytearray()
+        self.transport.resume_reading()
         return data
 
     def forget_view(self) -> None:
@@ -229,23 +237,32 @@ class _Connection(asyncio.BufferedProtocol):
         return len(self._leftover)
 
     async def _wait(self, done: Callable[[], bool], timeout: float) -> None:
+        """Until ``done()``: a future the callbacks complete, with a timer (cheaper than an event and a cancel
+        scope per wait, which a small request would pay three times)."""
         while not done():
             if self.error is not None:
                 raise self.error
-            self._event = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout, _expire, waiter)
             try:
-                with anyio.fail_after(timeout):
-                    await self._event.wait()
-            except TimeoutError:
-                self.reusable = False
-                raise TimeoutError(f"no data from the server for {timeout:g} s") from None
+                arrived = await waiter
             finally:
-                self._event = None
+                timer.cancel()
+                self._waiter = None
+            if not arrived:
+                self.reusable = False
+                raise TimeoutError(f"no data from the server for {timeout:g} s")
 
     def close(self) -> None:
         self.reusable = False
         if self.transport is not None:
             self.transport.abort()
+
+
+def _expire(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
 
 
 def parse_head(head: bytes) -> tuple[int, str, dict[str, str], bool]:
@@ -391,6 +408,7 @@ class HttpClient:
         self.read_timeout = read_timeout
         self.user_agent = user_agent
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._origins: dict[tuple[str, str], tuple[str, str, int]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._default_ssl: ssl.SSLContext | None = None
 
@@ -398,13 +416,17 @@ class HttpClient:
                       body: Body | None = None) -> Response:
         """Send ``method url`` with ``headers`` (``Host``, ``User-Agent``, ``Accept-Encoding`` and
         ``Content-Length`` are added) and ``body``; return the response once its head has arrived."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"cannot send to {parts.scheme}: URLs")
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        where = (parts.scheme, parts.hostname, port)
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {parts.netloc}", f"User-Agent: {self.user_agent}",
+        scheme, _, rest = url.partition("://")
+        netloc, slash, target = rest.partition("/")
+        where = self._origins.get((scheme, netloc))
+        if where is None:
+            parts = urlsplit(f"{scheme}://{netloc}")
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"cannot send to {parts.scheme}: URLs")
+            where = self._origins[scheme, netloc] = (
+                parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        target = slash + target if slash else "/" + target
+        lines = [f"{method} {target} HTTP/1.1", f"Host: {netloc}", f"User-Agent: {self.user_agent}",
                  "Accept-Encoding: identity"]
         items = headers.items() if isinstance(headers, Mapping) else headers
         lines += [f"{name}: {value}" for name, value in items]
@@ -454,12 +476,18 @@ class HttpClient:
         loop = asyncio.get_running_loop()
         done: asyncio.Future[bool] = loop.create_future()
 
+        # the thread's own descriptor of the socket: the transport closes its own when the connection is lost,
+        # and the number must not be reused under the thread's feet
+        fd = os.dup(sock.fileno())
+
         def run() -> None:
             result: bool | BaseException
             try:
-                result = _send_on_socket(sock.fileno(), head, body, stop, self.read_timeout)
+                result = _send_on_socket(fd, head, body, stop, self.read_timeout)
             except BaseException as error:  # handed to the loop
                 result = error
+            finally:
+                os.close(fd)
             loop.call_soon_threadsafe(_settle, done, result)
 
         thread = threading.Thread(target=run, name="aiojobstore-leanhttp-send", daemon=True)
@@ -535,8 +563,10 @@ class HttpClient:
         idle = self._idle.get(where)
         while idle:
             connection = idle.pop()
-            if connection.error is None and connection.transport is not None and not connection.transport.is_closing():
+            if connection.error is None and connection.transport is not None and \
+                    not connection.transport.is_closing() and not connection.leftover():
                 return connection
+            connection.close()
         return None
 
     def _keep(self, where: tuple[str, str, int], connection: _Connection) -> None:
