@@ -76,9 +76,9 @@ Body = bytes | bytearray | memoryview | FileRange
 class _Connection(asyncio.BufferedProtocol):
     """One HTTP/1.1 connection. Reads the response head into a scratch buffer, then body bytes straight into the
     view set by :meth:`fill` (or, without one, into :attr:`_leftover` for :meth:`read_some`, up to
-    :data:`READ_AHEAD` bytes); reading pauses only when the read-ahead is full, so that a small response
-    costs no pause and resume of the socket's reading (two system calls), and an idle connection notices at once
-    when the server closes it."""
+    :data:`READ_AHEAD` bytes); reading pauses when a view is full (until the next :meth:`fill`) or the read-ahead
+    is, so that a small response that comes with its head costs no pause and resume of the socket's reading (two
+    system calls). An idle connection reads on, so that it notices at once when the server closes it."""
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -115,7 +115,7 @@ class _Connection(asyncio.BufferedProtocol):
             assert self._view is not None
             self._filled += nbytes
             if self._filled == len(self._view):
-                self._notify()  # bytes that follow go to the read-ahead (which pauses reading when full)
+                self._pause()
             return
         if self._in_body:  # no view waiting: keep the bytes in order for the next view or read_some
             self._leftover += self._scratch[:nbytes]
@@ -236,6 +236,11 @@ class _Connection(asyncio.BufferedProtocol):
     def leftover(self) -> int:
         return len(self._leftover)
 
+    def idle(self) -> None:
+        """Read on while idle: a close (or stray bytes) from the server makes the connection unusable."""
+        assert self.transport is not None
+        self.transport.resume_reading()
+
     async def _wait(self, done: Callable[[], bool], timeout: float) -> None:
         """Until ``done()``: a future the callbacks complete, with a timer (cheaper than an event and a cancel
         scope per wait, which a small request would pay three times)."""
@@ -334,13 +339,11 @@ class Response:
         if self.chunked:
             return await self._read_chunked(n)
         connection = self.connection
-        if self.remaining is None:  # until the connection ends
-            pieces = []
-            while n < 0 or sum(map(len, pieces)) < n:
-                try:
+        if self.remaining is None:  # delimited by the connection's end: read whole at the first call
+            pieces: list[bytes] = []
+            with contextlib.suppress(HttpConnectionError):
+                while True:
                     pieces.append(bytes(await connection.read_some(self._timeout)))
-                except HttpConnectionError:
-                    break
             self.remaining = 0
             return b"".join(pieces)
         want = self.remaining if n < 0 else min(n, self.remaining)
@@ -384,6 +387,7 @@ class Response:
             return
         connection.forget_view()
         if self.remaining == 0 and connection.reusable and not connection.leftover():
+            connection.idle()
             self._client._keep(self._where, connection)
         else:
             connection.close()
