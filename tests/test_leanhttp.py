@@ -18,6 +18,7 @@ import pytest
 
 from aiojobstore.leanhttp import BodyChanged, FileRange, HttpClient, HttpConnectionError
 from aiojobstore.transfer import MiB, crc32c
+from tests.support import serving
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -100,16 +101,8 @@ class _Server(http.server.ThreadingHTTPServer):
 @contextlib.contextmanager
 def serve(tls: ssl.SSLContext | None = None) -> Iterator[tuple[_Server, str]]:
     server = _Server()
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server, f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.modified.set()
-        server.shutdown()
-        server.server_close()
+    with serving(server, tls, on_exit=server.modified.set) as url:
+        yield server, url
 
 
 def data_file(path: Path, size: int) -> tuple[bytes, FileRange]:
