@@ -243,3 +243,16 @@ async def test_tls(tmp_path: Path) -> None:
         assert await get(client, url + "/file") == data
         client.close()
     assert server.objects["/file"] == server.objects["/buffer"] == data
+
+
+async def test_a_request_cancelled_while_its_body_goes_out_stops_the_sending_thread(tmp_path: Path) -> None:
+    client = HttpClient()
+    _data, whole = data_file(tmp_path / "src", 32 * MiB)  # the server reads 1 MiB, then stops reading
+    with serve() as (server, url):
+        with anyio.move_on_after(0.5) as scope:
+            await put(client, url + "/slow/obj", whole)
+        assert scope.cancelled_caught
+        assert not any(client._idle.values())
+        assert await put(client, url + "/after", b"x") == 200
+        client.close()
+    assert "/slow/obj" not in server.objects
