@@ -223,7 +223,7 @@ async def crc32c_async(data: bytes | bytearray | memoryview | list[bytes], value
     return await anyio.to_thread.run_sync(crc32c, data, value)
 
 
-def file_range_crc32c(path: str | os.PathLike[str], offset: int, length: int, slice_size: int = 4 * MiB) -> int:
+def file_range_crc32c(path: str | os.PathLike[str], offset: int, length: int, slice_size: int = MiB) -> int:
     """CRC32C of ``length`` bytes of a file from ``offset`` (blocking; call it in a thread)."""
     value = 0
     buffer = bytearray(min(slice_size, max(length, 1)))

@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import socketserver
+import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -90,3 +93,21 @@ def ceph_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CephRGW]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@contextlib.contextmanager
+def serving(server: socketserver.TCPServer, tls: ssl.SSLContext | None = None,
+            on_exit: Callable[[], None] | None = None) -> Iterator[str]:
+    """Run ``server`` (TLS with ``tls``) in a thread; yield its base URL; ``on_exit`` (to let held handlers go)
+    before it is shut down."""
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
+    finally:
+        if on_exit is not None:
+            on_exit()
+        server.shutdown()
+        server.server_close()

@@ -19,6 +19,7 @@ import pytest
 
 from aiojobstore.rangeget import USER_AGENT, RangeBroken, RangeGetter, RangeRefused
 from aiojobstore.transfer import DownloadRange, DownloadTarget, MiB, Part, Progress, crc32c
+from tests.support import serving
 
 BLOB = os.urandom(9 * MiB + 123)
 
@@ -87,16 +88,8 @@ class _BlobServer(http.server.ThreadingHTTPServer):
 @contextlib.contextmanager
 def blob_server(tls: ssl.SSLContext | None = None) -> Iterator[tuple[_BlobServer, str]]:
     server = _BlobServer()
-    if tls is not None:
-        server.socket = tls.wrap_socket(server.socket, server_side=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server, f"{'https' if tls else 'http'}://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.release.set()
-        server.shutdown()
-        server.server_close()
+    with serving(server, tls, on_exit=server.release.set) as url:
+        yield server, url
 
 
 @contextlib.contextmanager
@@ -206,7 +199,7 @@ async def test_a_cancelled_get_closes_its_connection(tmp_path: Path) -> None:
         with anyio.move_on_after(0.3) as scope:
             await get(getter, url + "/stall", file, 0, MiB)
         assert scope.cancelled_caught
-        assert not any(getter._idle.values())
+        assert not any(getter.http._idle.values())
         await get(getter, url + "/blob", file, 0, MiB)
         getter.close()
     assert len({port for port, _, _ in server.requests}) == 2

@@ -387,6 +387,22 @@ async def test_small_requests_go_direct_and_are_signed_for_any_key(server: S3Ser
     assert direct == sent - 1 and sent >= 5 * len(AWKWARD_KEYS) + 4, (direct, sent, proxy.agents)
 
 
+async def test_part_uploads_go_direct_from_files_and_stream_buffers(server: S3Server, tmp_path: Path) -> None:
+    data = random_file(tmp_path / "src", 3 * PART + 999)
+    async with store_behind_proxy(server) as (store, proxy):
+        await store.upload_file(tmp_path / "src", "file")  # sendfile of each part's range
+        async with store.open_writer("stream") as writer:  # each part sent from its buffer
+            for start in range(0, len(data), MiB):
+                await writer.write(data[start : start + MiB])
+        await store.upload_file(tmp_path / "src", "file-again")
+        assert await store.get_bytes("file") == await store.get_bytes("stream") == data
+        await store.download_file("file-again", tmp_path / "down")
+        parts = [target for method, target in proxy.targets if method == "PUT" and "partNumber=" in target]
+        assert len(parts) == 3 * 4 and store._direct_ok
+    assert proxy.agents["aiojobstore-direct"] >= len(parts)
+    assert (tmp_path / "down").read_bytes() == data
+
+
 async def test_direct_requests_off_sends_everything_through_botocore(server: S3Server) -> None:
     async with store_behind_proxy(server, direct_requests=False) as (store, proxy):
         await store.put_bytes("a", b"1")

@@ -12,7 +12,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from aiojobstore.backends.s3direct import SigV4, bucket_url_from_presigned, sse_headers
+from aiojobstore.backends.s3direct import SigV4, bucket_url_from_presigned, canonical_query, sse_headers
 
 NOW = datetime.datetime(2026, 11, 21, 13, 5, 9, tzinfo=datetime.timezone.utc)
 
@@ -70,3 +70,17 @@ def test_bucket_url_from_path_style_and_virtual_hosted_urls() -> None:
         bucket_url_from_presigned("http://h/bucket/probe-key?AWSAccessKeyId=AK&Signature=x&Expires=1", "probe-key")
     with pytest.raises(ValueError, match="end with the key"):
         bucket_url_from_presigned(f"http://h/bucket/other?{query}", "probe-key")
+
+
+@pytest.mark.parametrize("query", [{"partNumber": "3", "uploadId": "2~abc/def+ghi=="}, {"uploadId": "x y", "a": ""}])
+def test_signature_with_a_query_string_matches_botocores(query: dict[str, str]) -> None:
+    credentials = Credentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY")
+    path = "/bucket/" + quote("store/part of it", safe="/~")
+    canonical = canonical_query(query)
+    signed = SigV4("us-east-1").sign("PUT", "127.0.0.1:7480", path, {"x-amz-checksum-crc32c": "AAAAAA=="},
+                                     access_key="AKIDEXAMPLE", secret_key=credentials.secret_key, now=NOW,
+                                     query=canonical)
+    authorization = signed.pop("authorization")
+    expected = botocore_signature("PUT", f"http://127.0.0.1:7480{path}?{canonical}", signed, credentials,
+                                  "us-east-1")
+    assert authorization.endswith(f"Signature={expected}")

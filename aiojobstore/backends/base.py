@@ -131,11 +131,6 @@ class ObjectInfo:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class CommonPrefix:
-    key: str
-
-
 class Backend(ABC):
     """An object store rooted at one location. Create with keyword options; no I/O until a method is awaited.
 

@@ -6,22 +6,26 @@ How data moves:
   pool is sized to ``max_requests`` (the default pool of 10 would silently cap parallelism). botocore's own retries
   are off (one attempt): every request is retried here, per request, with :class:`RetryPolicy`.
 - The hot small requests (PutObject with a ``bytes`` body up to 1 MiB, GetObject, HeadObject, DeleteObject)
-  skip botocore: :mod:`aiojobstore.backends.s3direct` sends them on aiohttp, SigV4-signed, with the same
-  parameters and response dicts (``direct_requests``; about 40% of the client CPU per request). Its error
+  and the bodies of PutObject and UploadPart (file ranges and buffers) skip botocore:
+  :mod:`aiojobstore.backends.s3direct` sends them on :mod:`aiojobstore.leanhttp`'s raw connections, SigV4-signed,
+  with the same parameters and response dicts (``direct_requests``). Its error
   answers are botocore ``ClientError``s, so retries and translation are the same. One that may be the direct
   request's own fault (a 403, a bad signature, a redirect) is repeated through botocore, and if botocore's gets
   through, the store sends everything through botocore from then on.
-- Request bodies are never handed to aiohttp as one big ``bytes``: a part is an async iterable of ~1 MiB slices
-  (``os.pread`` in a worker thread for files, memoryview slices for buffered stream parts), sent with an explicit
-  Content-Length. That keeps a part in flight at about one slice of memory and is several times faster than one
-  large ``bytes`` body. Payload signing is off (``UNSIGNED-PAYLOAD``): CRC32C gives integrity without SHA-256ing
-  every byte on plain-http endpoints.
+- Request bodies that go through botocore are never handed to aiohttp as one big ``bytes``: a part is an async
+  iterable of ~1 MiB slices (``os.pread`` in a worker thread for files, memoryview slices for buffered stream
+  parts), sent with an explicit Content-Length. That keeps a part in flight at about one slice of memory and is
+  several times faster than one large ``bytes`` body. Payload signing is off (``UNSIGNED-PAYLOAD``): CRC32C gives
+  integrity without SHA-256ing every byte on plain-http endpoints.
 - Uploads of a file first compute the CRC32C of every part in worker threads (a pass over the page cache, at about 9
   GB/s on this project's VM; the store's checksum threads serve uploads in arrival order), so that each part is sent
   with ``x-amz-checksum-crc32c`` (checked by servers that support flexible checksums, ignored by older ones such as
   Ceph 16) and the whole-object CRC32C, combined arithmetically from the parts, can be put in the object's metadata
-  (``ajs-crc32c``) at CreateMultipartUpload. The slices sent are hashed again while they go out; a file that changed
-  between the passes fails the upload instead of storing bytes that do not match their checksum.
+  (``ajs-crc32c``) at CreateMultipartUpload. On a plain connection a part goes from the page cache to the socket
+  with ``sendfile``, and its last byte is held back until the range has been hashed again and the file's size and
+  change times are found unmoved (:class:`~aiojobstore.leanhttp.FileRange`); on TLS (and through botocore) the
+  slices sent are hashed again while they go out. Either way a file that changed between the passes fails the
+  upload instead of storing bytes that do not match their checksum.
 - Write streams of unknown length cannot know their checksum when CreateMultipartUpload needs the metadata.
   A stream that stays below one part becomes a single PutObject carrying the checksum. A longer stream is
   completed first and then copied onto itself server-side with the checksum added to its metadata
