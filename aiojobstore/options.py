@@ -24,8 +24,6 @@ class TransferOptions(TypedDict, total=False):
     retry_deadline: float
     io_slice_size: int | str
     direct_io: bool
-    direct_receive: bool
-    direct_requests: bool
 
 
 class S3Options(TypedDict, total=False):
@@ -38,6 +36,8 @@ class S3Options(TypedDict, total=False):
     aws_session_token: str
     profile_name: str
     conditional_writes: Literal["require", "unsafe-fallback"]
+    direct_receive: bool
+    direct_requests: bool
 
 
 class GCSOptions(TypedDict, total=False):

@@ -54,3 +54,12 @@ def test_unknown_backend_option_is_a_clear_error(locator):
 
     with pytest.raises(JobStoreError, match=r"unknown option.*endpoint_url"):
         open_store(locator, endpoint_url="http://127.0.0.1:9000")
+
+
+@pytest.mark.parametrize("locator", ["memory:x", "file:/tmp/never-created-by-this-test"])
+@pytest.mark.parametrize("option", ["direct_receive", "direct_requests"])
+def test_s3_only_switches_are_unknown_options_elsewhere(locator, option):
+    from aiojobstore import JobStoreError
+
+    with pytest.raises(JobStoreError, match=rf"unknown option.*{option}"):
+        open_store(locator, **{option: False})

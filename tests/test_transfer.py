@@ -470,3 +470,52 @@ async def test_many_more_streams_than_the_budget_holds_parts_for_all_finish():
     per_stream = collections.Counter(byte for piece in uploaded for byte in piece)
     assert per_stream == {n: 25 for n in range(40)}
     assert budget.peak <= 30 and budget.in_use == 0
+
+
+async def test_verify_and_retry_retries_a_mismatch_once_then_raises_integrity_error():
+    from aiojobstore.errors import IntegrityError
+    from aiojobstore.transfer.verify import ReplacedWhileReading, verify_and_retry
+
+    answers = iter([(False, 1), (True, 2)])
+
+    async def flaky() -> tuple[bool, int]:
+        return next(answers)
+
+    assert await verify_and_retry(flaky, what="'x'") == 2
+
+    async def corrupt() -> tuple[bool, int]:
+        return False, 0
+
+    with pytest.raises(IntegrityError, match="'x'"):
+        await verify_and_retry(corrupt, what="'x'")
+
+    replaced = iter([ReplacedWhileReading("new version"), (False, 0), ReplacedWhileReading("again"), (True, 3)])
+
+    async def changing() -> tuple[bool, int]:
+        answer = next(replaced)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert await verify_and_retry(changing, what="'x'") == 3  # replacements are not mismatches
+
+
+async def test_part_progress_takes_back_a_failed_attempt_and_keeps_a_callback_error():
+    from aiojobstore.transfer import PartProgress
+
+    seen: list[int] = []
+    report = Progress(lambda done, _total: seen.append(done), 10)
+    part = PartProgress(report)
+    await part.advance(4)
+    await part.restart()  # the attempt failed: its slices are taken back
+    await part.advance(6)
+    await part.finish(10)
+    assert seen == [4, 0, 6, 10]
+
+    def failing(done: int, _total: int | None) -> None:
+        raise RuntimeError("callback failed")
+
+    part = PartProgress(Progress(failing, 10))
+    await part.advance(5)  # called from inside an HTTP client: the error is kept, not raised there
+    with pytest.raises(RuntimeError, match="callback failed"):
+        await part.finish(10)

@@ -136,23 +136,20 @@ from ..errors import (
     NoSuchFileError,
     TransferError,
 )
-from ..rangeget import RangeBroken, RangeGetter, RangeRefused
-from ..streams import AsyncReader, AsyncWriter, Buffer, ChunkReader
+from ..rangeget import RangeGetter, RangeRefused
+from ..streams import AsyncReader, AsyncWriter, Buffer
 from ..transfer import (
     CHECKSUM_THREADS,
     DownloadRange,
     MiB,
     Part,
-    PartBuffer,
-    PartBuffers,
+    PartProgress,
     PartWindow,
     Progress,
     ProgressCallback,
-    RangeSink,
     RetryPolicy,
     TransferConfig,
     TransferShare,
-    byte_ranges,
     choose_part_size,
     clamp_range,
     combine_part_crcs,
@@ -167,17 +164,32 @@ from ..transfer import (
     unlink_quietly,
     with_retries,
 )
-from .base import META_CRC32C, META_KEY_SHA256, Backend, ObjectInfo, ReclaimReport, user_metadata, validate_key
+from ..transfer.download import RangeSource, Receive
+from ..transfer.reader import open_range_reader
+from ..transfer.verify import ReplacedWhileReading, verify_and_retry
+from ..transfer.writer import open_part_writer
+from .base import (
+    META_CRC32C,
+    META_KEY_SHA256,
+    Backend,
+    ObjectInfo,
+    ReclaimReport,
+    reject_unknown_options,
+    user_metadata,
+    validate_key,
+)
 from .s3direct import S3DirectRequests, bucket_url_from_presigned, sse_headers
 
 if TYPE_CHECKING:
     from ..locator import Locator
 
 if sys.version_info < (3, 11):  # pragma: no cover
-    from exceptiongroup import BaseExceptionGroup
+    pass
 
 log = logging.getLogger("aiojobstore.s3")
 T = TypeVar("T")
+#: A multipart upload's part body: made anew for each attempt, reporting its slices to the progress given.
+PartBody = Callable[[Part, PartProgress | None], Any]
 
 #: Marker object under the prefix: present when this store created the bucket (so ``destroy`` may remove it).
 CREATED_BUCKET_MARKER = ".aiojobstore-created-bucket"
@@ -261,8 +273,10 @@ class _SliceBody:
     ``os.pread`` in a worker thread (and hashed there). ``read`` exists only so botocore accepts it as a blob."""
 
     def __init__(self, *, length: int, path: str | None = None, offset: int = 0, buffer: Buffer | None = None,
-                 slice_size: int = MiB, expected_crc: int | None = None) -> None:
+                 slice_size: int = MiB, expected_crc: int | None = None,
+                 progress: PartProgress | None = None) -> None:
         self.length = length
+        self.progress = progress
         self.path = path
         self.offset = offset
         self.buffer = buffer
@@ -276,9 +290,12 @@ class _SliceBody:
         return self.length
 
     async def __aiter__(self) -> AsyncIterator[bytes | memoryview]:
+        if self.progress is not None:
+            await self.progress.restart()  # a new attempt: what an earlier one reported is taken back
         if self.buffer is not None:
             async for piece in iter_buffer_slices(memoryview(self.buffer)[: self.length], self.slice_size):
                 yield piece
+                await self._sent(len(piece))
             return
         assert self.path is not None
         fd = await anyio.to_thread.run_sync(os.open, self.path, os.O_RDONLY)
@@ -290,10 +307,15 @@ class _SliceBody:
                 data, value = await anyio.to_thread.run_sync(self._read_slice, fd, want, self.offset + done, value)
                 done += len(data)
                 yield data
+                await self._sent(len(data))
             if self.expected_crc is not None and value != self.expected_crc:
                 raise _ChangedWhileReading(f"{self.path} changed while it was being uploaded; upload it again")
         finally:
             os.close(fd)
+
+    async def _sent(self, n: int) -> None:
+        if self.progress is not None:
+            await self.progress.advance(n)
 
     def _read_slice(self, fd: int, want: int, offset: int, value: int) -> tuple[bytes, int]:
         data = os.pread(fd, want, offset)
@@ -311,7 +333,8 @@ class S3Backend(Backend):
                  sse_key: bytes | str | None = None, endpoint_url: str | None = None, region_name: str | None = None,
                  aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
                  aws_session_token: str | None = None, profile_name: str | None = None,
-                 conditional_writes: str = "require") -> None:
+                 conditional_writes: str = "require", direct_receive: bool = True,
+                 direct_requests: bool = True) -> None:
         super().__init__(transfer=transfer, sse_key=sse_key)
         if conditional_writes not in CONDITIONAL_WRITES:
             raise JobStoreError(f"conditional_writes must be one of {', '.join(CONDITIONAL_WRITES)}, not "
@@ -337,9 +360,9 @@ class S3Backend(Backend):
         self._probe_lock: anyio.Lock | None = None
         self._sse_copy_ok: bool | None = None
         self._range_getter: RangeGetter | None = None
-        self._range_getter_ok = self.transfer.direct_receive
+        self._range_getter_ok = direct_receive
         self._direct: S3DirectRequests | None = None
-        self._direct_ok = self.transfer.direct_requests
+        self._direct_ok = direct_requests
         self._ca_bundle: str | bool = True
         self._send_checksums = True
         self._if_match_bare = False
@@ -881,7 +904,7 @@ class S3Backend(Backend):
         if size <= _KEEP_IN_MEMORY:
             try:
                 data, info = await self._get_whole(key)
-            except (_ReplacedWhileReading, NoSuchFileError):
+            except (ReplacedWhileReading, NoSuchFileError):
                 data, info = b"", None
             except EncryptionKeyError:  # written with another key: replaceable, not restorable
                 return _Previous(existed=True, etag=etag, restorable=False)
@@ -1111,10 +1134,12 @@ class S3Backend(Backend):
         part_size = choose_part_size(size, cfg.part_size, max_parts=cfg.max_parts, min_part_size=cfg.min_part_size)
         if size <= part_size:
             crc = await self.limits.file_crc32c(path, 0, size)
+            progress = PartProgress(report)
             info = await self._put_object(
-                key, lambda: _SliceBody(length=size, path=path, slice_size=cfg.io_slice_size, expected_crc=crc),
+                key, lambda: _SliceBody(length=size, path=path, slice_size=cfg.io_slice_size, expected_crc=crc,
+                                        progress=progress),
                 size, crc, self._write_metadata(metadata, encrypted, crc), encrypted=encrypted)
-            await report.advance(size)
+            await progress.finish(size)
             return info
         parts = plan_parts(size, part_size, max_parts=cfg.max_parts, min_part_size=cfg.min_part_size)
 
@@ -1125,14 +1150,14 @@ class S3Backend(Backend):
         whole = combine_part_crcs(zip(crcs, (p.length for p in parts), strict=True))
         meta = self._write_metadata(metadata, encrypted, whole)
 
-        def body(part: Part) -> _SliceBody:
+        def body(part: Part, progress: PartProgress | None) -> _SliceBody:
             return _SliceBody(length=part.length, path=path, offset=part.offset, slice_size=cfg.io_slice_size,
-                              expected_crc=crcs[part.number - 1])
+                              expected_crc=crcs[part.number - 1], progress=progress)
 
         return await self._multipart(key, parts, body, crcs, meta, encrypted=encrypted, report=report,
                                      share=share.window)
 
-    async def _multipart(self, key: str, parts: builtins.list[Part], body: Callable[[Part], Any],
+    async def _multipart(self, key: str, parts: builtins.list[Part], body: PartBody,
                          crcs: builtins.list[int], meta: dict[str, str], *, encrypted: bool,
                          report: Progress | None = None, share: Callable[[], int] | None = None) -> ObjectInfo:
         """Upload ``parts`` as one multipart upload (at most ``share()`` in flight, when given); abort it on any
@@ -1153,22 +1178,10 @@ class S3Backend(Backend):
                           encrypted: bool = False) -> AsyncIterator[AsyncWriter]:
         validate_key(key)
         self.encryption_metadata(encrypted)
-        writer = _S3Writer(self, key, metadata, if_absent, encrypted)
-        try:
-            async with PartWindow(self.transfer.max_concurrency) as window:
-                writer.window = window
-                yield writer
-                await writer.send_last_part()
-                await window.wait()
-            await writer.complete()
-        except BaseException:
-            await writer.fail()  # after the window has cancelled and awaited its part uploads
-            raise
-        finally:
-            writer.parts.close()
-            if writer._spool is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(writer.discard_spool)
+        target = _S3StreamTarget(self, key, metadata, if_absent, encrypted)
+        async with open_part_writer(target, budget=self.limits.memory, part_size=target.part_size,
+                                    max_concurrency=self.transfer.max_concurrency) as writer:
+            yield writer
 
     # ------------------------------------------------------------------ copies
 
@@ -1302,60 +1315,37 @@ class S3Backend(Backend):
 
     # ------------------------------------------------------------------ reads
 
-    async def _stream_range(self, key: str, start: int, end: int, etag: str | None, sse: dict[str, Any],
-                            sink: RangeSink, *, group: int | None = None,
-                            first_response: dict[str, Any] | None = None) -> None:
-        """GET ``[start, end)`` pinned to ``etag`` and feed it to ``sink(offset, pieces)`` in groups of about
-        ``group`` bytes (the pieces as received, never copied here); a dropped connection resumes at the offset
-        reached (retried per the store's policy). ``first_response`` is a GET already sent for ``start``."""
-        if end <= start:
-            return
-        client = await self.client()
-        position = start
-        group = group or self.transfer.io_slice_size
+    def _source(self, key: str, etag: str | None, sse: dict[str, Any], *,
+                first_response: dict[str, Any] | None = None, receive: Receive | None = None) -> RangeSource:
+        """Ranged GETs of ``key`` pinned to ``etag`` (``If-Match``), for the engine's reader, download and reads.
+        ``first_response`` is a GET already sent for the first range (its body is read first)."""
+        first = [first_response]
 
-        async def once() -> None:
-            nonlocal position, first_response
-            if first_response is not None:
-                response, first_response = first_response, None
-            else:
+        @asynccontextmanager
+        async def open_range(start: int, end: int) -> AsyncIterator[Callable[[int], Awaitable[bytes]]]:
+            response, first[0] = first[0], None
+            if response is None:
                 params: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full(key),
-                                          "Range": f"bytes={position}-{end - 1}", **sse}
+                                          "Range": f"bytes={start}-{end - 1}", **sse}
                 if etag:
                     params["IfMatch"] = etag
+                client = await self.client()
                 async with self.limits.requests:
                     response = await client.get_object(**params)
             body = response["Body"]
-            read = _chunk_reader(body)
             try:
-                pieces: list[bytes] = []
-                held = 0
-                while position + held < end:
-                    chunk = await read(min(group, end - position - held))
-                    if not chunk:
-                        from botocore.exceptions import IncompleteReadError
-
-                        raise IncompleteReadError(actual_bytes=position + held - start, expected_bytes=end - start)
-                    pieces.append(chunk)
-                    held += len(chunk)
-                    if held >= group:
-                        await sink(position, pieces)
-                        position += held
-                        pieces, held = [], 0
-                if pieces:
-                    await sink(position, pieces)
-                    position += held
+                yield _chunk_reader(body)
             finally:
                 body.close()
 
-        try:
-            await with_retries(once, policy=self.retry_policy, is_retryable=_is_retryable,
-                               what=f"S3 GET {key} [{start}, {end})")
-        except Exception as error:
+        def translate(error: BaseException) -> BaseException:
             translated = self._translate(error, key, "get_object", encrypted=bool(sse))
             if isinstance(translated, ConcurrentModificationError):
-                translated = _ReplacedWhileReading(f"{key!r} was replaced while it was being read; read it again")
-            raise translated from error
+                return ReplacedWhileReading(f"{key!r} was replaced while it was being read; read it again")
+            return translated
+
+        return RangeSource(open_range, self.retry_policy, _is_retryable, translate, what=f"S3 GET {key}",
+                           receive=receive)
 
     async def _with_sse_retry(self, key: str,
                               call: Callable[[dict[str, Any]], Awaitable[T]]) -> tuple[T, dict[str, Any]]:
@@ -1386,13 +1376,7 @@ class S3Backend(Backend):
         except EncryptionKeyError:
             response["Body"].close()
             raise
-        pieces: list[bytes] = []
-
-        async def collect(_offset: int, data: list[bytes]) -> None:
-            pieces.extend(data)
-
-        await self._stream_range(key, 0, info.size, info.etag, sse, collect, group=max(info.size, 1),
-                                 first_response=response)
+        pieces = await self._source(key, info.etag, sse, first_response=response).read(0, info.size)
         if info.size == 0:
             response["Body"].close()
         return b"".join(pieces), info
@@ -1400,36 +1384,29 @@ class S3Backend(Backend):
     async def get_object(self, key: str, *, start: int = 0, end: int | None = None) -> tuple[bytes, ObjectInfo]:
         validate_key(key)
         whole = start == 0 and end is None
-        mismatches = 0
-        for _ in range(_MAX_REREADS):
-            try:
-                if whole:
-                    data, info = await self._get_whole(key)
-                else:
-                    head = await self._head(key)
-                    if head is None:
-                        raise NoSuchFileError(key)
-                    info, sse = head
-                    self._require_recorded(key, info)
-                    lo, hi = clamp_range(start, end, info.size)
-                    pieces: list[bytes] = []
 
-                    async def collect(_offset: int, data: list[bytes], pieces: list[bytes] = pieces) -> None:
-                        pieces.extend(data)
-
-                    await self._stream_range(key, lo, hi, info.etag, sse, collect)
-                    data = b"".join(pieces)
-                    if (lo, hi) != (0, info.size):
-                        return data, info
-            except _ReplacedWhileReading:
-                continue  # a writer replaced the object while it was read: read the new version whole
+        async def attempt() -> tuple[bool, tuple[bytes, ObjectInfo]]:
+            if whole:
+                data, info = await self._get_whole(key)
+            else:
+                info, sse = await self._head_existing(key)
+                lo, hi = clamp_range(start, end, info.size)
+                data = b"".join(await self._source(key, info.etag, sse).read(lo, hi))
+                if (lo, hi) != (0, info.size):
+                    return True, (data, info)
             self._require_recorded(key, info)
-            if await self._crc_ok(info, await crc32c_async(data), len(data)):
-                return data, info
-            mismatches += 1
-            if mismatches == 2:
-                raise _integrity_error(key, info)
-        raise TransferError(f"{key!r} kept being replaced while it was read ({_MAX_REREADS} tries); read it again")
+            return await self._crc_ok(info, await crc32c_async(data), len(data)), (data, info)
+
+        return await verify_and_retry(attempt, what=repr(key))
+
+    async def _head_existing(self, key: str) -> tuple[ObjectInfo, dict[str, Any]]:
+        """HEAD an object a read needs (``NoSuchFileError`` when missing, ``IntegrityError`` when it carries no
+        recorded checksum and the store requires one); its info and the SSE-C parameters its reads need."""
+        head = await self._head(key)
+        if head is None:
+            raise NoSuchFileError(key)
+        self._require_recorded(key, head[0])
+        return head
 
     def _require_recorded(self, key: str, info: ObjectInfo) -> None:
         """With ``require_checksum``: refuse an object without the CRC32C every aiojobstore write records."""
@@ -1449,94 +1426,28 @@ class S3Backend(Backend):
     @asynccontextmanager
     async def open_reader(self, key: str, *, start: int = 0, end: int | None = None) -> AsyncIterator[AsyncReader]:
         validate_key(key)
-        head = await self._head(key)
-        if head is None:
-            raise NoSuchFileError(key)
-        info, sse = head
-        self._require_recorded(key, info)
+        info, sse = await self._head_existing(key)
         lo, hi = clamp_range(start, end, info.size)
-        whole = (lo, hi) == (0, info.size)
-        ranges = byte_ranges(lo, hi, min(self.transfer.part_size, _READ_RANGE))
-        results: dict[int, list[bytes] | BaseException] = {}
-        ready = {r.number: anyio.Event() for r in ranges}
-        slots = anyio.Semaphore(_READ_AHEAD)
-        budget = self.limits.memory
-        held: dict[int, int] = {}  # range number -> bytes of the store's memory budget it holds
 
-        def release(number: int) -> None:
-            budget.release(held.pop(number, 0))
+        async def verify(crc: int) -> bool:
+            return await self._crc_ok(info, crc, hi - lo)
 
-        async def fetch(part: Part) -> None:
-            pieces: list[bytes] = []
-
-            async def collect(_offset: int, data: list[bytes]) -> None:
-                pieces.extend(data)
-
-            try:
-                await self._stream_range(key, part.offset, part.end, info.etag, sse, collect)
-                results[part.number] = pieces
-            except Exception as error:
-                results[part.number] = error
-            finally:
-                ready[part.number].set()
-
-        async def produce(task_group: Any) -> None:
-            for part in ranges:
-                await slots.acquire()
-                await budget.acquire(part.length)  # read-ahead is buffered: it counts against max_memory
-                held[part.number] = part.length
-                task_group.start_soon(fetch, part)
-
-        async def chunks() -> AsyncIterator[bytes]:
-            value = 0
-            for part in ranges:
-                await ready[part.number].wait()
-                result = results.pop(part.number)
-                slots.release()
-                if isinstance(result, BaseException):
-                    raise result
-                if whole:
-                    value = await crc32c_async(result, value)
-                for piece in result:
-                    yield piece
-                release(part.number)
-            if whole and not await self._crc_ok(info, value, hi - lo):
-                raise _integrity_error(key, info)
-
-        try:
-            async with anyio.create_task_group() as task_group:
-                task_group.start_soon(produce, task_group)
-                reader = ChunkReader(chunks(), size=hi - lo)
-                try:
-                    yield reader
-                finally:
-                    task_group.cancel_scope.cancel()
-                    with anyio.CancelScope(shield=True):
-                        await reader.aclose()
-        except BaseExceptionGroup as group:  # the caller's own error, not a group of ours
-            if len(group.exceptions) == 1:
-                raise group.exceptions[0] from None
-            raise
-        finally:
-            for number in list(held):  # ranges fetched (or being fetched) but never consumed
-                release(number)
+        async with open_range_reader(self._source(key, info.etag, sse).read, lo, hi,
+                                     range_size=min(self.transfer.part_size, _READ_RANGE), depth=_READ_AHEAD,
+                                     budget=self.limits.memory, verify=verify if (lo, hi) == (0, info.size) else None,
+                                     what=repr(key)) as reader:
+            yield reader
 
     async def download_file(self, key: str, path: str | PathLike[str], *,
                             progress: ProgressCallback | None = None) -> ObjectInfo:
         validate_key(key)
         target = os.path.abspath(os.fspath(path))
         with self.limits.downloads.joined() as share:
-            for attempt in (1, 2):
-                head = await self._head(key)
-                if head is None:
-                    raise NoSuchFileError(key)
-                info, sse = head
-                self._require_recorded(key, info)
-                if await self._download_once(key, info, sse, target, progress, share):
-                    return info
-                if attempt == 2:
-                    raise _integrity_error(key, info)
-        raise AssertionError("unreachable")  # pragma: no cover
+            async def attempt() -> tuple[bool, ObjectInfo]:
+                info, sse = await self._head_existing(key)
+                return await self._download_once(key, info, sse, target, progress, share), info
+
+            return await verify_and_retry(attempt, what=repr(key))
 
     async def _download_once(self, key: str, info: ObjectInfo, sse: dict[str, Any], target: str,
                              progress: ProgressCallback | None, share: TransferShare) -> bool:
@@ -1545,28 +1456,31 @@ class S3Backend(Backend):
         cfg = self.transfer
         part_size = choose_part_size(info.size, cfg.part_size, max_parts=cfg.max_parts,
                                      min_part_size=cfg.min_part_size)
-
-        async def fetch(part: Part, rng: DownloadRange) -> None:
-            if self._range_getter_ok:
-                try:
-                    await self._receive_range(key, rng, part.end, info.etag, sse)
-                    return
-                except RangeRefused as refused:
-                    if refused.status in _RECEIVER_MISFITS:
-                        self._range_getter_ok = False
-                        log.warning("S3 GET of %s through aiojobstore.rangeget refused (%s); this store uses "
-                                    "aiohttp from now on", key, refused)
-                except RangeBroken as broken:
-                    log.debug("S3 GET of %s broke at byte %d (%s); resuming", key, rng.position, broken)
-            # aiohttp: repeats the refused request (retrying or translating its error) or resumes a broken one
-            await self._stream_range(key, rng.position, part.end, info.etag, sse, rng, group=_WRITE_GROUP)
+        source = self._source(key, info.etag, sse, receive=self._receiver(key, info.etag, sse))
 
         async def verify(crc: int) -> bool:
             return await self._crc_ok(info, crc, info.size)
 
-        return await download_ranges(target, info.size, fetch, config=cfg, part_size=part_size, share=share,
+        return await download_ranges(target, info.size, source.fill, config=cfg, part_size=part_size, share=share,
                                      report=Progress(progress, info.size), verify=verify)
 
+    def _receiver(self, key: str, etag: str | None, sse: dict[str, Any]) -> Receive:
+        """The fast receive path of a download's ranges (:mod:`aiojobstore.rangeget`): off for the store once
+        the endpoint refuses it in a way that says the receiver's request does not suit it."""
+        async def receive(rng: DownloadRange, end: int) -> bool:
+            if not self._range_getter_ok:
+                return False
+            try:
+                await self._receive_range(key, rng, end, etag, sse)
+            except RangeRefused as refused:
+                if refused.status in _RECEIVER_MISFITS:
+                    self._range_getter_ok = False
+                    log.warning("S3 GET of %s through aiojobstore.rangeget refused (%s); this store uses aiohttp "
+                                "from now on", key, refused)
+                return False  # aiohttp repeats it (retrying or translating its error)
+            return True
+
+        return receive
 
     async def _receive_range(self, key: str, rng: DownloadRange, end: int, etag: str | None,
                              sse: dict[str, Any]) -> None:
@@ -1649,13 +1563,6 @@ def _chunk_reader(body: Any) -> Callable[[int], Awaitable[bytes]]:
     return read
 
 
-class _ReplacedWhileReading(TransferError):
-    """A GET pinned to an ETag found a newer object (it was replaced between HEAD and GET)."""
-
-
-_MAX_REREADS = 8
-#: Bytes received per thread hop of a download (a pwrite and a CRC32C of the pieces as received).
-_WRITE_GROUP = 4 * MiB
 #: Longest a SigV4 presigned URL may last (AWS refuses longer ones when they are used).
 _MAX_PRESIGN_EXPIRES = 7 * 24 * 3600
 #: Lifetime of the presigned URL of one ranged GET: it is sent at once, so this only bounds clock skew.
@@ -1704,11 +1611,6 @@ def _quoted(etag: str | None) -> str | None: ...
 def _quoted(etag: str | None) -> str | None:
     """ETags as HEAD returns them (Ceph RGW leaves the quotes off some responses)."""
     return etag if not etag or etag.startswith('"') else f'"{etag}"'
-
-
-def _integrity_error(key: str, info: ObjectInfo) -> IntegrityError:
-    return IntegrityError(f"{key!r} does not match its recorded CRC32C/size ({info.size} bytes) after a retry: the "
-                          "stored object is corrupt or was changed outside the store")
 
 
 @dataclass
@@ -1789,20 +1691,22 @@ class _MultipartUpload:
         for upload_id in now - before - {keep}:
             await self.backend._abort(self.full, upload_id)
 
-    async def send_part(self, part: Part, body: Callable[[Part], Any], crc: int, report: Progress | None) -> None:
+    async def send_part(self, part: Part, body: PartBody, crc: int, report: Progress | None) -> None:
+        """UploadPart, retried; progress reported per slice sent (a retried attempt takes its slices back)."""
         b = self.backend
+        progress = PartProgress(report) if report is not None else None
 
         def params() -> dict[str, Any]:
             return {"Bucket": b.bucket, "Key": self.full, "UploadId": self.upload_id, "PartNumber": part.number,
-                    "Body": body(part), "ContentLength": part.length, **b._checksum_param(crc),
+                    "Body": body(part, progress), "ContentLength": part.length, **b._checksum_param(crc),
                     **b._sse(self.encrypted)}
 
         response = await b._put_with_checksum_fallback(self.key, params, "upload_part")
         self.etags[part.number] = response["ETag"]
         if b._send_checksums:
             self.checksums[part.number] = crc32c_to_b64(crc)
-        if report is not None:
-            await report.advance(part.length)
+        if progress is not None:
+            await progress.finish(part.length)
 
     async def complete(self, size: int, *, checksums: bool = True,
                        then: Callable[[ObjectInfo], Awaitable[ObjectInfo]] | None = None) -> ObjectInfo:
@@ -1880,12 +1784,15 @@ class _MultipartUpload:
                 await run_uncancelled(lambda: self.backend._abort(self.full, upload_id))
 
 
-class _S3Writer:
-    """Buffers one part; full parts go to background uploads (a :class:`PartWindow`) while the caller writes.
+class _S3StreamTarget:
+    """The service side of an S3 write stream (:class:`~aiojobstore.transfer.writer.PartTarget`): one PutObject
+    for a stream shorter than a part, else a multipart upload completed and then copied onto itself with the
+    whole-object checksum recorded, as one commit (a cancellation during it rolls both back).
 
     An encrypted stream longer than one part, on a server that cannot copy SSE-C objects (Ceph RGW 16), could
-    not have its checksum recorded after completion; it is spooled to a temp file instead and uploaded from it
-    like ``upload_file``, with the checksum at CreateMultipartUpload (local disk I/O for the size of the stream)."""
+    not have its checksum recorded after completion; it is spooled to a temp file instead (each part at its
+    offset) and uploaded from it like ``upload_file``, with the checksum at CreateMultipartUpload (local disk
+    I/O for the size of the stream)."""
 
     def __init__(self, backend: S3Backend, key: str, metadata: dict[str, str] | None, if_absent: bool,
                  encrypted: bool) -> None:
@@ -1894,127 +1801,94 @@ class _S3Writer:
         self.metadata = metadata
         self.if_absent = if_absent
         self.encrypted = encrypted
-        transfer = backend.transfer
-        self.parts = PartBuffers(backend.limits.memory, max(transfer.part_size, transfer.min_part_size),
-                                 keep=transfer.max_concurrency + 1)
-        self.bytes_written = 0
-        self._upload: _MultipartUpload | None = None
-        self.window: PartWindow | None = None
-        self._crcs: dict[int, tuple[int, int]] = {}
-        self._next_part = 1
-        self._closed = False
-        self._spool: tuple[int, str] | None = None  # (fd, path) of the temp file, when spooling
+        self.part_size = max(backend.transfer.part_size, backend.transfer.min_part_size)
+        self.upload: _MultipartUpload | None = None
+        self.spool: tuple[int, str] | None = None  # (fd, path) of the temp file, when spooling
 
-    async def write(self, data: Buffer) -> int:
-        if self._closed:
-            raise ValueError("write to a closed S3 writer")
-        n = await self.parts.write(data, self._hand_off)
-        self.bytes_written += n
-        return n
-
-    async def _hand_off(self, part: PartBuffer) -> None:
-        try:
-            b = self.backend
-            if self._upload is None and self._spool is None and self.encrypted and not await b._copies_sse_c():
-                self._spool = await anyio.to_thread.run_sync(functools.partial(
-                    tempfile.mkstemp, prefix="aiojobstore-s3-stream-"))
-            if self._spool is not None:
-                await anyio.to_thread.run_sync(_write_all, self._spool[0], part.view)
-                part.done(reuse=True)
-                return
-            if self._upload is None:
-                self._upload = _MultipartUpload(b, self.key, b._write_metadata(self.metadata, self.encrypted, None),
-                                                self.encrypted, if_absent=self.if_absent)
-                await self._upload.start()
-            assert self.window is not None
-            number = self._next_part
-            self._next_part += 1
-            await self.window.submit(self._send, number, part)
-        except BaseException:
-            part.done(reuse=False)
-            raise
-
-    async def _send(self, number: int, part: PartBuffer) -> None:
-        sent = False
-        try:
-            crc = await crc32c_async(part.view)
-            self._crcs[number] = (crc, part.length)
-            assert self._upload is not None
-            slice_size = self.backend.transfer.io_slice_size
-            await self._upload.send_part(Part(number, 0, part.length),
-                                         lambda p: _SliceBody(length=p.length, buffer=part.view,
-                                                              slice_size=slice_size), crc, None)
-            sent = True
-        finally:
-            part.done(reuse=sent)
-
-    async def send_last_part(self) -> None:
-        """On a clean exit: hand the buffered tail to the window (multipart only) or the spool."""
-        self._closed = True
-        if self._upload is not None or self._spool is not None:
-            tail = self.parts.take_current()
-            if tail is not None:
-                await self._hand_off(tail)
-
-    async def complete(self) -> ObjectInfo:
-        """Commit: one PutObject for a short stream, else complete the upload and record the checksum, as one
-        commit (a cancellation during it rolls both back)."""
+    async def put_whole(self, data: bytes, crc: int) -> ObjectInfo:
         b = self.backend
-        if self._spool is not None:
-            fd, path = self._spool
-            await anyio.to_thread.run_sync(os.fsync, fd)
-            if self.if_absent:
-                await b._conditions_honoured(required=True)
-                await b._check_condition(self.key, True, None)
-            with b.limits.uploads.joined() as share:
-                return await b._upload_file(path, self.key, self.metadata, True, Progress(None), share)
-        if self._upload is None:
-            tail = self.parts.take_current()
-            data = bytes(tail.view) if tail is not None else b""
-            if tail is not None:
-                tail.done(reuse=False)
-            crc = await crc32c_async(data)
-            meta = b._write_metadata(self.metadata, self.encrypted, crc)
-            return await b._put_object(self.key, b._put_body(data), len(data), crc, meta, encrypted=self.encrypted,
-                                       if_absent=self.if_absent)
-        whole = combine_part_crcs(self._crcs[n] for n in sorted(self._crcs))
-        upload = self._upload
-        return await upload.complete(self.bytes_written, then=lambda info: b._record_crc(info, whole, upload))
+        meta = b._write_metadata(self.metadata, self.encrypted, crc)
+        return await b._put_object(self.key, b._put_body(data), len(data), crc, meta, encrypted=self.encrypted,
+                                   if_absent=self.if_absent)
 
-    async def fail(self) -> None:
-        self._closed = True
-        with anyio.CancelScope(shield=True):
-            if self._upload is not None:
-                await self._upload.abort()
+    async def start(self) -> None:
+        b = self.backend
+        if self.encrypted and not await b._copies_sse_c():
+            self.spool = await anyio.to_thread.run_sync(functools.partial(
+                tempfile.mkstemp, prefix="aiojobstore-s3-stream-"))
+            return
+        self.upload = _MultipartUpload(b, self.key, b._write_metadata(self.metadata, self.encrypted, None),
+                                       self.encrypted, if_absent=self.if_absent)
+        await self.upload.start()
 
-    def discard_spool(self) -> None:
-        """Close and remove the spool file, if any (blocking)."""
-        spool, self._spool = self._spool, None
+    async def send_part(self, number: int, data: memoryview, crc: int) -> None:
+        if self.spool is not None:
+            await anyio.to_thread.run_sync(_write_all, self.spool[0], data, (number - 1) * self.part_size)
+            return
+        assert self.upload is not None
+        slice_size = self.backend.transfer.io_slice_size
+        await self.upload.send_part(Part(number, 0, len(data)),
+                                    lambda p, _progress: _SliceBody(length=p.length, buffer=data,
+                                                                    slice_size=slice_size), crc, None)
+
+    async def complete(self, size: int, crc: int) -> ObjectInfo:
+        b = self.backend
+        if self.spool is not None:
+            try:
+                fd, path = self.spool
+                await anyio.to_thread.run_sync(os.fsync, fd)
+                if self.if_absent:
+                    await b._conditions_honoured(required=True)
+                    await b._check_condition(self.key, True, None)
+                with b.limits.uploads.joined() as share:
+                    return await b._upload_file(path, self.key, self.metadata, True, Progress(None), share)
+            finally:
+                await self._discard_spool()
+        upload = self.upload
+        assert upload is not None
+        return await upload.complete(size, then=lambda info: b._record_crc(info, crc, upload))
+
+    async def abort(self) -> None:
+        if self.upload is not None:
+            await self.upload.abort()
+        await self._discard_spool()
+
+    async def _discard_spool(self) -> None:
+        spool, self.spool = self.spool, None
         if spool is not None:
-            os.close(spool[0])
-            unlink_quietly(spool[1])
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(_remove_spool, *spool)
 
 
-def _write_all(fd: int, view: memoryview) -> None:
+def _remove_spool(fd: int, path: str) -> None:
+    os.close(fd)
+    unlink_quietly(path)
+
+
+def _write_all(fd: int, view: memoryview, offset: int) -> None:
     while view:
-        view = view[os.write(fd, view):]
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 _OPTION_NAMES = ("endpoint_url", "region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token",
-                 "profile_name", "conditional_writes")
+                 "profile_name", "conditional_writes", "direct_receive", "direct_requests")
 
 
 def from_locator(locator: Locator, *, transfer: TransferConfig | None = None, sse_key: bytes | str | None = None,
                  endpoint_url: str | None = None, region_name: str | None = None,
                  aws_access_key_id: str | None = None, aws_secret_access_key: str | None = None,
                  aws_session_token: str | None = None, profile_name: str | None = None,
-                 conditional_writes: str = "require", **rest: Any) -> S3Backend:
-    """The S3 backend for an ``s3://bucket/prefix`` or ``aws:REGION:BUCKET`` locator (no I/O)."""
-    if rest:
-        raise JobStoreError(
-            f"unknown option(s) for the S3 backend: {', '.join(sorted(rest))}. Accepted: sse_key, "
-            f"{', '.join(_OPTION_NAMES)} and the transfer settings ({', '.join(TransferConfig.__dataclass_fields__)})")
+                 conditional_writes: str = "require", direct_receive: bool = True, direct_requests: bool = True,
+                 **rest: Any) -> S3Backend:
+    """The S3 backend for an ``s3://bucket/prefix`` or ``aws:REGION:BUCKET`` locator (no I/O). ``direct_receive``:
+    downloads' ranged GETs are received by :mod:`aiojobstore.rangeget` straight into page-aligned buffers where the
+    endpoint is reached without a proxy (``False``: always aiohttp). ``direct_requests``: small PutObject,
+    GetObject, HeadObject and DeleteObject requests are sent by :mod:`aiojobstore.backends.s3direct` (SigV4 on
+    aiohttp) instead of botocore, which costs several times the client CPU per request (``False``: botocore)."""
+    reject_unknown_options("S3", rest, ["sse_key", *_OPTION_NAMES])
     return S3Backend(locator.bucket, locator.prefix, transfer=transfer, sse_key=sse_key, endpoint_url=endpoint_url,
                      region_name=region_name or locator.region, aws_access_key_id=aws_access_key_id,
                      aws_secret_access_key=aws_secret_access_key, aws_session_token=aws_session_token,
-                     profile_name=profile_name, conditional_writes=conditional_writes)
+                     profile_name=profile_name, conditional_writes=conditional_writes,
+                     direct_receive=direct_receive, direct_requests=direct_requests)
