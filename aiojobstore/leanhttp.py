@@ -33,7 +33,7 @@ import os
 import select
 import ssl
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -71,6 +71,8 @@ class FileRange:
 
 
 Body = bytes | bytearray | memoryview | FileRange
+#: Awaited with the number of body bytes that went out since the last call.
+SentCallback = Callable[[int], Awaitable[None]]
 
 
 class _Connection(asyncio.BufferedProtocol):
@@ -417,9 +419,10 @@ class HttpClient:
         self._default_ssl: ssl.SSLContext | None = None
 
     async def request(self, method: str, url: str, headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
-                      body: Body | None = None) -> Response:
+                      body: Body | None = None, *, on_sent: SentCallback | None = None) -> Response:
         """Send ``method url`` with ``headers`` (``Host``, ``User-Agent``, ``Accept-Encoding`` and
-        ``Content-Length`` are added) and ``body``; return the response once its head has arrived."""
+        ``Content-Length`` are added) and ``body``; return the response once its head has arrived. ``on_sent(n)``
+        is awaited as each slice of a large body goes out (``n`` bytes more)."""
         scheme, _, rest = url.partition("://")
         netloc, slash, target = rest.partition("/")
         where = self._origins.get((scheme, netloc))
@@ -444,7 +447,7 @@ class HttpClient:
             if connection is None:
                 connection = await self._connect(where)
             try:
-                response_head = await self._exchange(connection, head, body)
+                response_head = await self._exchange(connection, head, body, on_sent)
                 return Response(self, where, connection, method, response_head)
             except OSError:  # TimeoutError and HttpConnectionError included
                 connection.close()
@@ -454,7 +457,8 @@ class HttpClient:
                 connection.close()
                 raise
 
-    async def _exchange(self, connection: _Connection, head: bytes, body: Body | None) -> bytes:
+    async def _exchange(self, connection: _Connection, head: bytes, body: Body | None,
+                        on_sent: SentCallback | None = None) -> bytes:
         """Send the request and return the response head."""
         connection.begin()
         transport = connection.transport
@@ -463,13 +467,14 @@ class HttpClient:
         if body is None or (size <= INLINE_BODY and not isinstance(body, FileRange)):
             transport.write(head + bytes(body) if body else head)
         elif transport.get_extra_info("sslcontext") is None and transport.get_write_buffer_size() == 0:
-            await self._send_raw(connection, head, body)
+            await self._send_raw(connection, head, body, on_sent)
         else:
             transport.write(head)
-            await self._write_sliced(connection, body)
+            await self._write_sliced(connection, body, on_sent)
         return await connection.head(self.read_timeout)
 
-    async def _send_raw(self, connection: _Connection, head: bytes, body: Body) -> None:
+    async def _send_raw(self, connection: _Connection, head: bytes, body: Body,
+                        on_sent: SentCallback | None = None) -> None:
         """Head and body from one worker thread, straight on the socket (see :func:`_send_on_socket`); stops
         early when the server answers (or the connection fails) before the body is out."""
         sock = connection.transport.get_extra_info("socket") if connection.transport else None
@@ -483,11 +488,12 @@ class HttpClient:
         # the thread's own descriptor of the socket: the transport closes its own when the connection is lost,
         # and the number must not be reused under the thread's feet
         fd = os.dup(sock.fileno())
+        out = _SentCounter(loop) if on_sent is not None else None
 
         def run() -> None:
             result: bool | BaseException
             try:
-                result = _send_on_socket(fd, head, body, stop, self.read_timeout)
+                result = _send_on_socket(fd, head, body, stop, self.read_timeout, out)
             except BaseException as error:  # handed to the loop
                 result = error
             finally:
@@ -498,7 +504,8 @@ class HttpClient:
         try:
             thread.start()
             try:
-                complete = await asyncio.shield(done)
+                complete = await (asyncio.shield(done) if out is None or on_sent is None
+                                  else out.report_until(done, on_sent))
             except BaseException:
                 stop.set()  # the socket stays open until the thread has let go of it
                 with anyio.CancelScope(shield=True):
@@ -511,7 +518,7 @@ class HttpClient:
         if not complete:
             connection.reusable = False  # answered (or broken) before the whole body was sent
 
-    async def _write_sliced(self, connection: _Connection, body: Body) -> None:
+    async def _write_sliced(self, connection: _Connection, body: Body, on_sent: SentCallback | None = None) -> None:
         """The body through the transport in :data:`SLICE` pieces, with flow control (TLS)."""
         transport = connection.transport
         assert transport is not None
@@ -519,7 +526,10 @@ class HttpClient:
             view = memoryview(body).cast("B")
             for start in range(0, len(view), SLICE):
                 await connection.drain(self.read_timeout)
-                transport.write(view[start : start + SLICE])
+                piece = view[start : start + SLICE]
+                transport.write(piece)
+                if on_sent is not None:
+                    await on_sent(len(piece))
             return
         before = await anyio.to_thread.run_sync(_file_state, body.path)
         fd = await anyio.to_thread.run_sync(os.open, body.path, os.O_RDONLY)
@@ -535,6 +545,8 @@ class HttpClient:
                     data, last = data[:-1], data[-1:]
                 await connection.drain(self.read_timeout)
                 transport.write(data)
+                if on_sent is not None and data:
+                    await on_sent(len(data))
         finally:
             os.close(fd)
         try:
@@ -612,7 +624,39 @@ def _file_state(path: str) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
-def _send_on_socket(fd: int, head: bytes, body: Body, stop: threading.Event, timeout: float) -> bool:
+class _SentCounter:
+    """Bytes of a body the sending thread has put on the socket, reported to the loop as they go."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.total = 0
+        self.wake = asyncio.Event()
+
+    def add(self, n: int) -> None:
+        """In the sending thread: ``n`` more bytes are out."""
+        self.total += n
+        self.loop.call_soon_threadsafe(self.wake.set)
+
+    async def report_until(self, done: asyncio.Future[bool], on_sent: SentCallback) -> bool:
+        """Await ``on_sent`` with each increase until the thread is ``done``; its result. A cancellation leaves
+        ``done`` running (the caller waits for the thread)."""
+        reported = 0
+        while True:
+            waiter = asyncio.ensure_future(self.wake.wait())
+            try:
+                await asyncio.wait({done, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+            self.wake.clear()
+            if self.total > reported:
+                step, reported = self.total - reported, self.total
+                await on_sent(step)
+            if done.done():
+                return done.result()
+
+
+def _send_on_socket(fd: int, head: bytes, body: Body, stop: threading.Event, timeout: float,
+                    out: _SentCounter | None = None) -> bool:
     """Blocking, in a worker thread: ``head`` and ``body`` on the non-blocking socket ``fd`` (``sendfile`` for a
     :class:`FileRange`); whether all of it went out. Stops early, quietly, once ``stop`` is set (the server
     answered, or the request is given up) or the connection fails (its answer, if any, tells why). A file
@@ -631,21 +675,25 @@ def _send_on_socket(fd: int, head: bytes, body: Body, stop: threading.Event, tim
                 raise TimeoutError(f"the server took no data for {timeout:g} s")
         return False
 
-    def send_all(view: memoryview) -> bool:
+    def send_all(view: memoryview, counted: bool = True) -> bool:
         done = 0
         while done < len(view):
             try:
-                done += os.write(fd, view[done : done + SLICE])
+                sent = os.write(fd, view[done : done + SLICE])
             except BlockingIOError:
                 if not writable():
                     return False
+                continue
+            done += sent
+            if out is not None and counted:
+                out.add(sent)
         return True
 
     def send_file(source: int, offset: int, length: int) -> bool:
         done = 0
         while done < length:
             try:
-                sent = os.sendfile(fd, source, offset + done, min(16 * SLICE, length - done))
+                sent = os.sendfile(fd, source, offset + done, min(chunk, length - done))
             except BlockingIOError:
                 if not writable():
                     return False
@@ -654,10 +702,13 @@ def _send_on_socket(fd: int, head: bytes, body: Body, stop: threading.Event, tim
                 raise BodyChanged(f"{body.path if isinstance(body, FileRange) else fd} shrank while it was "
                                   "being uploaded")
             done += sent
+            if out is not None:
+                out.add(sent)
         return True
 
+    chunk = SLICE if out is not None else 16 * SLICE  # progress per slice, when someone watches
     try:
-        if not send_all(memoryview(head)):
+        if not send_all(memoryview(head), counted=False):
             return False
         if not isinstance(body, FileRange):
             return send_all(memoryview(body).cast("B"))

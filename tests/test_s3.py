@@ -111,7 +111,8 @@ async def test_upload_file_multipart_round_trips_bytes_and_metadata(backend: S3B
     info = await backend.upload_file(tmp_path / "src", "dir/obj", metadata={"colour": "blue"},
                                      progress=lambda done, total: seen.append(done))
     assert seen[-1] == len(data)
-    assert len(seen) >= 3 * PART // MiB  # reported per 1 MiB slice sent, not per part
+    # reported as slices go out, not per part (the socket may take several slices before the loop reports)
+    assert len(seen) > 4 and any(done % PART for done in seen[:-1])
     assert seen == sorted(seen)
     stat = await backend.stat("dir/obj")
     assert stat is not None and stat.size == len(data) and stat.etag == info.etag

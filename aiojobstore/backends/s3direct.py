@@ -226,7 +226,11 @@ class S3DirectRequests:
         signed = self._signer.sign(method, self._host, path, headers, access_key=credentials.access_key,
                                    secret_key=credentials.secret_key, token=credentials.token, query=query)
         url = self._scheme_host + path + (f"?{query}" if query else "")
-        response = await self._http.request(method, url, signed, body)
+        progress = getattr(params.get("Body"), "progress", None)  # a slice body's share of a transfer's progress
+        if progress is not None:
+            await progress.restart()  # a new attempt: what an earlier one reported is taken back
+        response = await self._http.request(method, url, signed, body,
+                                            on_sent=None if progress is None else progress.advance)
         streaming = False
         try:
             if response.status >= 300:
