@@ -112,6 +112,14 @@ class ReclaimReport:
 
 
 @dataclass(frozen=True)
+class CommonPrefix:
+    """A "directory" of a delimited listing: ``key`` is the shared start of the keys below it, ending with the
+    delimiter (``"run1/logs/"``)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
 class ObjectInfo:
     """What a backend knows about one object. ``etag`` is an opaque version token that changes on every
     write of the key; pass it as ``if_match`` for a conditional write."""
@@ -248,6 +256,25 @@ class Backend(ABC):
     def list(self, prefix: str = "", *, metadata: bool = True) -> AsyncIterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, in no promised order. With ``metadata=False`` the
         infos' metadata may be left empty, which spares a request per object on S3."""
+
+    async def list_delimited(self, prefix: str = "", delimiter: str = "/") -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """One level below ``prefix``, in key order: the objects whose key after ``prefix`` has no ``delimiter``,
+        and a :class:`CommonPrefix` for each distinct longer run up to and including the next ``delimiter``.
+
+        This default folds a flat :meth:`list` (holding the level's keys in memory); services with a delimited
+        listing of their own override it."""
+        if not delimiter:
+            raise InvalidOptionError("a listing delimiter must be a non-empty string, such as '/'")
+        entries: dict[str, ObjectInfo | CommonPrefix] = {}
+        async for info in self.list(prefix, metadata=False):
+            cut = info.key.find(delimiter, len(prefix))
+            if cut < 0:
+                entries[info.key] = info
+            else:
+                common = info.key[: cut + len(delimiter)]
+                entries.setdefault(common, CommonPrefix(common))
+        for name in sorted(entries):
+            yield entries[name]
 
     @abstractmethod
     async def copy(self, src: str, dst: str, *, metadata: dict[str, str] | None = None) -> ObjectInfo:
