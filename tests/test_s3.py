@@ -573,3 +573,20 @@ async def test_client_is_lazy_and_pooled_to_the_request_limit(moto_server: S3Ser
     assert client.meta.config.s3["addressing_style"] == "path"
     await store.close()
     assert store._client is None
+
+
+async def test_list_delimited_lists_one_level_in_key_order_and_hides_reserved_keys(backend: S3Backend) -> None:
+    from aiojobstore.backends.base import Backend, CommonPrefix, ObjectInfo
+
+    for key in ("a/1", "a/2", "a/deep/3", "b", "c/x", "a/b/4"):
+        await backend.put_bytes(key, key.encode())
+    top = [entry async for entry in backend.list_delimited()]
+    assert [e.key for e in top] == ["a/", "b", "c/"]  # the created-bucket marker is hidden
+    assert top[0] == CommonPrefix("a/") and top[2] == CommonPrefix("c/")
+    level = [entry async for entry in backend.list_delimited("a/")]
+    assert [(type(e).__name__, e.key) for e in level] == [
+        ("ObjectInfo", "a/1"), ("ObjectInfo", "a/2"), ("CommonPrefix", "a/b/"), ("CommonPrefix", "a/deep/")]
+    assert isinstance(level[0], ObjectInfo) and level[0].size == 3
+    folded = [entry async for entry in Backend.list_delimited(backend, "a/")]
+    assert [e.key for e in folded] == [e.key for e in level]  # the native listing agrees with the generic fold
+    assert [entry async for entry in backend.list_delimited("nothing/")] == []

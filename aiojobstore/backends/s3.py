@@ -132,6 +132,7 @@ from ..errors import (
     ConditionalWritesUnsupportedError,
     EncryptionKeyError,
     IntegrityError,
+    InvalidOptionError,
     JobStoreError,
     NoSuchFileError,
     TransferError,
@@ -172,6 +173,7 @@ from .base import (
     META_CRC32C,
     META_KEY_SHA256,
     Backend,
+    CommonPrefix,
     ObjectInfo,
     ReclaimReport,
     reject_unknown_options,
@@ -736,6 +738,25 @@ class S3Backend(Backend):
             return
         for info in await self._with_metadata(page):
             yield info
+
+    async def list_delimited(self, prefix: str = "", delimiter: str = "/") -> AsyncIterator[ObjectInfo | CommonPrefix]:
+        """One level below ``prefix`` with ListObjectsV2's ``Delimiter``, in key order: the objects directly under
+        it (without user metadata) and a :class:`CommonPrefix` per deeper level; the store's reserved keys are
+        hidden."""
+        if not delimiter:
+            raise InvalidOptionError("a listing delimiter must be a non-empty string, such as '/'")
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": self.root + prefix, "Delimiter": delimiter}
+        try:
+            while True:
+                page = await self._request("list_objects_v2", what=f"list {prefix!r}", **params)
+                for entry in _page_entries(page, len(self.root)):
+                    if not entry.key.startswith(_RESERVED_PREFIXES):
+                        yield entry
+                if not page.get("IsTruncated"):
+                    return
+                params["ContinuationToken"] = page["NextContinuationToken"]
+        except NoSuchFileError:
+            return
 
     @staticmethod
     def _listed_info(key: str, entry: dict[str, Any]) -> ObjectInfo:
@@ -1519,6 +1540,14 @@ class S3Backend(Backend):
             self._range_getter = RangeGetter(ssl_context=context, max_idle=max(16, self.transfer.max_concurrency),
                                              connect_timeout=20, read_timeout=120)
         return self._range_getter
+
+
+def _page_entries(page: dict[str, Any], root: int) -> builtins.list[ObjectInfo | CommonPrefix]:
+    """The objects and common prefixes of one delimited ListObjectsV2 page, keys relative to the root (cut
+    ``root`` characters), merged in the service's key order (UTF-8 bytes)."""
+    objects = [S3Backend._listed_info(e["Key"][root:], e) for e in page.get("Contents", [])]
+    prefixes = [CommonPrefix(p["Prefix"][root:]) for p in page.get("CommonPrefixes", [])]
+    return sorted([*objects, *prefixes], key=lambda entry: entry.key.encode("utf-8", "surrogatepass"))
 
 
 def _behind_proxy(endpoint: str) -> bool:
