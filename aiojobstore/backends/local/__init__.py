@@ -3,7 +3,8 @@
 The package by concern: ``paths`` (the root and the symlink-safe walk of keys), ``locks`` (striped locks of
 conditional replaces), ``metadata`` (the extended attribute with the CRC32C), ``reading``, ``commit`` (staging,
 commit, roll-back), ``streams``, ``copies`` (kernel copies in parts), ``links`` (link reads), ``listing`` (lists and
-deletes), ``reclaim`` (debris), ``threads`` (the small-operation runners) and ``files`` (blocking helpers).
+deletes), ``reclaim`` (debris), ``group`` (group commit of fsyncs), ``threads`` (the small-operation runners) and
+``files`` (blocking helpers).
 
 **Nothing under the root is followed out of it.** Every operation resolves a key through one routine
 (``paths.PathsBase._walk``): from a directory descriptor of the root it opens each segment with
@@ -30,7 +31,9 @@ returns, and the cancellation comes at the next checkpoint. A cancelled delete m
 idempotent).
 
 **Durability** (``fsync=True``, the default): the file is fsynced before the rename, the directory after it, and
-every directory a write creates is fsynced into its parent.
+every directory a write creates is fsynced into its parent. Concurrent writers of one process share these
+fsyncs (group commit, ``group``): one directory fsync covers every rename into it made before it started, file
+fsyncs run in one batch; a write still returns only once the fsyncs covering its own file and rename have completed.
 
 **Integrity.** Whole reads (``get_object``/``get_bytes`` without a range, ``open_reader`` read to the end,
 ``download_file``, ``copy``) verify the recorded CRC32C and raise :class:`IntegrityError` naming the key on a

@@ -17,6 +17,7 @@ from ...streams import Buffer
 from ...transfer import crc32c, crc32c_to_b64
 from ..base import META_CRC32C, META_KEY_SHA256, ObjectInfo, user_metadata
 from .files import NAME_MAX, create_temp, os_errors, temp_name, write_all
+from .group import sync_durably
 from .metadata import etag, write_metadata
 from .paths import Chain
 from .reading import Reading
@@ -121,11 +122,11 @@ class Commits(Reading):
                 if metadata is not None:
                     write_metadata(staged.fd, {**metadata, META_CRC32C: crc32c_to_b64(staged.crc)})
                 if self.fsync:
-                    os.fsync(staged.fd)
+                    sync_durably(staged.fd)
                 st = os.fstat(staged.fd)
                 self._place(staged, if_absent, if_match, placed)
                 if self.fsync:
-                    os.fsync(d)
+                    sync_durably(d, directory=True)
         except BaseException:
             try:
                 if placed:  # the directory fsync failed: undo, the write raises
@@ -213,7 +214,7 @@ class Commits(Reading):
                 if ours and committed.previous is None:
                     committed.chain.remove_dirs(only_created=True)
                 if self.fsync:
-                    os.fsync(d)
+                    sync_durably(d, directory=True)
         finally:
             committed.chain.close()
 

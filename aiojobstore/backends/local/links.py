@@ -13,6 +13,7 @@ from ...errors import IntegrityError
 from ..base import ObjectInfo
 from .commit import Commits
 from .files import os_errors
+from .group import sync_durably
 from .metadata import etag
 from .threads import in_thread
 
@@ -49,7 +50,7 @@ class Links(Commits):
                         fcntl.ioctl(staged.fd, _FICLONE, source.fd)
                         os.fchmod(staged.fd, (0o777 if executable else 0o666) & ~_UMASK)
                         if self.fsync:
-                            os.fsync(staged.fd)
+                            sync_durably(staged.fd)
                     except OSError as error:
                         if error.errno not in _NO_REFLINK or executable:
                             if error.errno in _NO_REFLINK:
@@ -67,7 +68,7 @@ class Links(Commits):
                     with contextlib.suppress(FileNotFoundError):  # left by a rename onto a link of the same file
                         os.unlink(staged.tmp, dir_fd=d)
                     if self.fsync:
-                        os.fsync(d)
+                        sync_durably(d, directory=True)
             finally:
                 if not placed:
                     staged.release()

@@ -16,6 +16,7 @@ from typing import Any
 from ...errors import InvalidKeyError
 from ..base import Backend, validate_key
 from .files import DIR_FLAGS, NAME_MAX, RESERVED_PREFIX
+from .group import sync_durably
 
 #: Walks of a key's directories before giving up on concurrent deletes removing them under the walk.
 _WALK_ATTEMPTS = 5
@@ -215,7 +216,7 @@ class PathsBase(Backend):
             except FileExistsError:
                 continue
             if self.fsync:
-                os.fsync(parent)  # the new directory's entry is durable before anything is put in it
+                sync_durably(parent, directory=True)  # the new entry is durable before anything goes in it
         raise FileNotFoundError(errno.ENOENT, "directory removed while it was entered", name)
 
     @staticmethod
