@@ -642,9 +642,9 @@ class _SentCounter:
         ``done`` running (the caller waits for the thread)."""
         reported = 0
         while True:
-            waiter = asyncio.ensure_future(self.wake.wait())
+            waiter: asyncio.Future[bool] = asyncio.ensure_future(self.wake.wait())
             try:
-                await asyncio.wait({done, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait((done, waiter), return_when=asyncio.FIRST_COMPLETED)
             finally:
                 waiter.cancel()
             self.wake.clear()
