@@ -1,14 +1,16 @@
-"""Uploads: the one-request multipart upload, temporary part objects, and the write stream that cuts a stream
-into parts.
+"""Uploads: the one-request multipart upload and temporary part objects.
 
 * Objects up to one part (``transfer.part_size``) go up as one multipart (metadata + media) upload carrying their
   CRC32C, which GCS checks on arrival.
 * Larger files and write streams go up as **temporary part objects** (``<root>.ajs-tmp/<id>/<n>``) uploaded in a
-  sliding window (:class:`~aiojobstore.transfer.PartWindow`) and joined with ``compose``
-  (:mod:`~aiojobstore.backends.gcs.compose`). Parts are plain media uploads (no metadata, so no multipart
-  framing) whose CRC32C as stored by GCS is checked against ours.
+  sliding window (:class:`~aiojobstore.transfer.PartWindow`; for streams the engine's
+  :func:`~aiojobstore.transfer.writer.open_part_writer` over
+  :class:`~aiojobstore.backends.gcs.compose.GCSStreamTarget`) and joined with ``compose``
+  (:mod:`~aiojobstore.backends.gcs.compose`). Parts are plain media uploads (no metadata, so no multipart framing)
+  whose CRC32C as stored by GCS is checked against ours.
 
-Memory: write streams hold at most ``max_concurrency + 1`` parts of the store's ``max_memory``.
+Memory: write streams hold at most ``max_concurrency + 1`` parts of the store's ``max_memory`` (the engine's
+part buffers).
 """
 
 from __future__ import annotations
@@ -23,11 +25,7 @@ from ...commit import META_WRITE_TOKEN
 from ...errors import IntegrityError
 from ...streams import Buffer
 from ...transfer import (
-    PartBuffer,
-    PartBuffers,
-    PartWindow,
     Progress,
-    crc32c_async,
     crc32c_from_b64,
     crc32c_to_b64,
     iter_buffer_slices,
@@ -109,66 +107,3 @@ class GCSUploads(GCSClient):
             log.warning("CRC32C mismatch on part %s; sending it again", name)
         if progress is not None:
             await progress.advance(length)
-
-
-class GCSWriter:
-    """The stream handed out by ``open_writer``: buffers one part, uploads full parts in the background as
-    temporary objects (composed at the end). Part buffers come from :class:`PartBuffers`, so a writer holds at
-    most ``max_concurrency + 1`` parts of the store's memory budget."""
-
-    def __init__(self, backend: GCSUploads, window: PartWindow, upload_id: str, encrypted: bool) -> None:
-        self.backend = backend
-        self.window = window
-        self.upload_id = upload_id
-        self.encrypted = encrypted
-        self.buffers = PartBuffers(backend.limits.memory, max(1, backend.transfer.part_size),
-                                   keep=backend.transfer.max_concurrency + 1)
-        self.bytes_written = 0
-        self.part_names: list[str] = []
-        self.uploaded: dict[str, tuple[str, int, int]] = {}
-
-    async def write(self, data: Buffer) -> int:
-        n = await self.buffers.write(data, self._hand_off)
-        self.bytes_written += n
-        return n
-
-    async def flush_tail(self) -> None:
-        """Hand the partly filled last buffer to a background upload as the last part."""
-        tail = self.buffers.take_current()
-        if tail is not None:
-            await self._hand_off(tail)
-
-    def take_tail(self) -> bytes:
-        """The buffered bytes of a stream that never filled a part (its only content)."""
-        tail = self.buffers.take_current()
-        if tail is None:
-            return b""
-        data = bytes(tail.view)
-        tail.done(reuse=False)
-        return data
-
-    async def _hand_off(self, part: PartBuffer) -> None:
-        name = self.backend._tmp_name(self.upload_id, f"p{len(self.part_names) + 1:06d}")
-        self.part_names.append(name)
-
-        async def upload() -> None:
-            sent = False
-            try:
-                crc = await crc32c_async(part.view)
-                await self.backend._upload_part(name, part.view, crc=crc, encrypted=self.encrypted)
-                self.uploaded[name] = (name, crc, part.length)
-                sent = True
-            finally:
-                part.done(reuse=sent)
-
-        try:
-            await self.window.submit(upload)
-        except BaseException:
-            part.done(reuse=False)
-            raise
-
-    def parts(self) -> list[tuple[str, int, int]]:
-        return [self.uploaded[name] for name in self.part_names]
-
-    def release(self) -> None:
-        self.buffers.close()
