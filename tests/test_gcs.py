@@ -198,6 +198,22 @@ async def test_write_stream_cancelled_while_parts_upload_leaves_nothing(gcs: GCS
     assert only_user_objects(gcs) == []
 
 
+@pytest.mark.parametrize("size", [PART - 3, 3 * PART + 5])  # one simple upload; four composed parts
+async def test_upload_progress_moves_per_slice_sent(gcs_target: StoreTarget, tmp_path: Path, size: int) -> None:
+    backend = make_backend(gcs_target, io_slice_size=PART // 8)
+    try:
+        src = tmp_path / "src"
+        src.write_bytes(os.urandom(size))
+        seen: list[int] = []
+        await backend.upload_file(src, "sliced", progress=lambda done, total: seen.append(done))
+        assert seen[-1] == size
+        assert len(seen) >= size // (PART // 8)  # a report per slice, not one per part
+        assert all(0 < done <= size for done in seen)
+        assert await backend.get_bytes("sliced") == src.read_bytes()
+    finally:
+        await backend.close()
+
+
 async def test_failed_upload_file_leaves_no_temporary_parts(gcs: GCSBackend, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.write_bytes(os.urandom(6 * PART))

@@ -36,6 +36,7 @@ from ...errors import InvalidKeyError, NoSuchFileError
 from ...streams import AsyncWriter
 from ...transfer import (
     Part,
+    PartProgress,
     Progress,
     ProgressCallback,
     RetryPolicy,
@@ -130,12 +131,15 @@ class GCSBackend(GCSCompose, GCSReads, GCSContainer):
         meta = {**(metadata or {}), **self.encryption_metadata(encrypted)}
         crc = await self.limits.file_crc32c(path, 0, size)
 
+        progress = PartProgress(report)
+
         async def write(params: dict[str, str], token: str | None) -> dict[str, Any]:
             return await self._upload_simple(name, None, crc=crc, metadata=meta, encrypted=encrypted, key=key,
-                                             file_range=(path, 0, size), params=params, write_token=token)
+                                             file_range=(path, 0, size), params=params, write_token=token,
+                                             progress=progress)
 
         async def after(resource: dict[str, Any]) -> None:
-            await report.advance(size)  # in the commit: a failing callback undoes the write
+            await progress.finish(size)  # in the commit: a callback that failed (per slice) undoes the write
 
         return self._info(await self._commit(key, name, write, after=after))
 
@@ -151,7 +155,7 @@ class GCSBackend(GCSCompose, GCSReads, GCSContainer):
             async def one(part: Part) -> tuple[str, int, int]:
                 crc = await self.limits.file_crc32c(path, part.offset, part.length)
                 await self._upload_part(names[part.number - 1], None, crc=crc, encrypted=encrypted,
-                                        file_range=(path, part.offset, part.length), progress=report)
+                                        file_range=(path, part.offset, part.length), progress=PartProgress(report))
                 return names[part.number - 1], crc, part.length
 
             uploaded = await run_parts(parts, one, max_concurrency=self.transfer.max_concurrency, share=share.window)

@@ -25,7 +25,7 @@ from ...commit import META_WRITE_TOKEN
 from ...errors import IntegrityError
 from ...streams import Buffer
 from ...transfer import (
-    Progress,
+    PartProgress,
     crc32c_from_b64,
     crc32c_to_b64,
     iter_buffer_slices,
@@ -43,10 +43,11 @@ class GCSUploads(GCSClient):
 
     async def _upload_simple(self, name: str, data: bytes | None, *, crc: int, metadata: dict[str, str] | None,
                              encrypted: bool, params: dict[str, str] | None = None, key: str | None = None,
-                             file_range: FileRange | None = None, progress: Progress | None = None,
+                             file_range: FileRange | None = None, progress: PartProgress | None = None,
                              write_token: str | None = None) -> dict[str, Any]:
-        """One multipart (metadata + media) upload; the body is ``data`` or streamed from ``file_range``. The
-        object records its CRC32C in ``ajs-crc32c`` (and ``write_token``, if given, in ``ajs-write-token``)."""
+        """One multipart (metadata + media) upload; the body is ``data`` or streamed from ``file_range``, whose
+        slices are reported to ``progress`` as they go out (the caller calls its ``finish``). The object records
+        its CRC32C in ``ajs-crc32c`` (and ``write_token``, if given, in ``ajs-write-token``)."""
         metadata = {**(metadata or {}), META_CRC32C: crc32c_to_b64(crc)}
         if write_token is not None:
             metadata[META_WRITE_TOKEN] = write_token
@@ -64,10 +65,11 @@ class GCSUploads(GCSClient):
             if data is not None:
                 return head + data + tail
 
-            async def stream() -> AsyncIterator[bytes]:
+            async def stream() -> AsyncIterator[bytes | memoryview]:
                 yield head
                 path, offset, size = file_range  # type: ignore[misc]
-                async for piece in iter_file_slices(path, offset, size, self.transfer.io_slice_size):
+                async for piece in _reported(iter_file_slices(path, offset, size, self.transfer.io_slice_size),
+                                             progress):
                     yield piece
                 yield tail
 
@@ -77,23 +79,22 @@ class GCSUploads(GCSClient):
         _, resource_out, _ = await self._request("POST", self._upload_url(), what=f"upload {name}", key=key or name,
                                                  params=query, headers=headers, body=body, target=name,
                                                  write_token=write_token)
-        if progress is not None:  # reported per finished part: a retried part never counts twice
-            await progress.advance(length)
         return resource_out or {}
 
     async def _upload_part(self, name: str, data: Buffer | None, *, crc: int, encrypted: bool,
-                           file_range: FileRange | None = None, progress: Progress | None = None) -> None:
+                           file_range: FileRange | None = None, progress: PartProgress | None = None) -> None:
         """Upload one temporary part as a plain media upload (no metadata, so no multipart framing); the CRC32C
-        GCS reports must match ours, else the part is sent once more, then ``IntegrityError``."""
+        GCS reports must match ours, else the part is sent once more, then ``IntegrityError``. Its slices are
+        reported to ``progress`` as they go out (an attempt sent again takes back what the last one reported)."""
         length = len(data) if data is not None else file_range[2]  # type: ignore[index]
         headers = {"Content-Type": CONTENT_TYPE, "Content-Length": str(length),
                    "x-goog-hash": f"crc32c={crc32c_to_b64(crc)}", **self._key_headers(encrypted)}
 
         def body() -> Any:
             if data is not None:
-                return iter_buffer_slices(data, self.transfer.io_slice_size)
+                return _reported(iter_buffer_slices(data, self.transfer.io_slice_size), progress)
             path, offset, size = file_range  # type: ignore[misc]
-            return iter_file_slices(path, offset, size, self.transfer.io_slice_size)
+            return _reported(iter_file_slices(path, offset, size, self.transfer.io_slice_size), progress)
 
         for attempt in (1, 2):
             _, resource, _ = await self._request("POST", self._upload_url(), what=f"upload part {name}",
@@ -106,4 +107,16 @@ class GCSUploads(GCSClient):
                 raise IntegrityError(f"part {name}: GCS stored bytes whose CRC32C differs from what was sent (twice)")
             log.warning("CRC32C mismatch on part %s; sending it again", name)
         if progress is not None:
-            await progress.advance(length)
+            await progress.finish(length)
+
+
+async def _reported(slices: AsyncIterator[bytes] | AsyncIterator[memoryview],
+                    progress: PartProgress | None) -> AsyncIterator[bytes | memoryview]:
+    """A request body's ``slices``, each reported to ``progress`` once the client has taken it; a new attempt
+    (a new body) first takes back what an earlier one reported."""
+    if progress is not None:
+        await progress.restart()
+    async for piece in slices:
+        yield piece
+        if progress is not None:
+            await progress.advance(len(piece))
