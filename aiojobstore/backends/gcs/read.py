@@ -93,12 +93,18 @@ class GCSReads(GCSClient):
                            sink: RangeSink | None = None) -> list[bytes]:
         """The ranged read of one generation: bytes ``[start, end)`` (a broken body resumes from the byte it
         reached). With ``sink``, the pieces go to ``sink(offset, pieces)`` in groups of about 4 MiB instead of
-        being returned."""
+        being returned. ``ReplacedWhileReading`` when the generation was replaced, ``NoSuchFileError`` when the
+        object was deleted."""
         source = self._source(name, resource)
-        if sink is None:
-            return await source.read(start, end)
-        await source.stream(start, end, sink, group=WRITE_GROUP)
-        return []
+        try:
+            if sink is None:
+                return await source.read(start, end)
+            await source.stream(start, end, sink, group=WRITE_GROUP)
+            return []
+        except ReplacedWhileReading:
+            if await self._resource(name) is None:  # not replaced but deleted
+                raise NoSuchFileError(self._key_of(name)) from None
+            raise
 
     def _expected_crcs(self, resource: dict[str, Any]) -> list[int]:
         expected = []
