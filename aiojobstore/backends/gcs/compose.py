@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...commit import META_WRITE_TOKEN, run_uncancelled
@@ -110,22 +111,21 @@ class GCSCompose(GCSConditional):
         return self._info(resource)
 
 
+@dataclass
 class GCSStreamTarget:
     """The service side of a GCS write stream (:class:`~aiojobstore.transfer.writer.PartTarget`): one simple
     upload for a stream shorter than a part, else temporary part objects (``.ajs-tmp/<id>/p<n>``) composed into
     the object as the commit; an abort deletes the parts and intermediates."""
 
-    def __init__(self, backend: GCSCompose, key: str, metadata: dict[str, str] | None, *, if_absent: bool,
-                 encrypted: bool) -> None:
-        self.backend = backend
-        self.key = key
-        self.metadata = metadata
-        self.if_absent = if_absent
-        self.encrypted = encrypted
-        self.upload_id = uuid.uuid4().hex
-        self.parts: dict[int, tuple[str, int, int]] = {}  # part number -> (temporary name, CRC32C, length)
-        self.names: list[str] = []  # the temporary parts, each from before its upload is sent
-        self.created: list[str] = []  # intermediate composes
+    backend: GCSCompose
+    key: str
+    metadata: dict[str, str] | None
+    if_absent: bool
+    encrypted: bool
+    upload_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    parts: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # number -> (temporary name, CRC32C, length)
+    names: list[str] = field(default_factory=list)  # the temporary parts, each from before its upload is sent
+    created: list[str] = field(default_factory=list)  # intermediate composes
 
     async def put_whole(self, data: bytes, crc: int) -> ObjectInfo:
         return self.backend._info(await self.backend._put(self.key, data, metadata=self.metadata,
