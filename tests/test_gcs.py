@@ -882,6 +882,47 @@ async def test_a_write_cancelled_at_each_await_leaves_the_store_as_before(
     assert tmp_objects(gcs_emulator, backend) == []  # after close(), which waits for background deletions
 
 
+MEDIA_GET = r"alt=media"
+
+
+async def test_a_cut_body_resumes_from_the_byte_reached_in_every_read(gcs_target: StoreTarget, gcs_emulator: str,
+                                                                    tmp_path: Path) -> None:
+    async with behind_proxy(gcs_target, gcs_emulator) as (proxy, backend):
+        data = os.urandom(3 * MiB)
+        await backend.put_bytes("cut", data)
+
+        async def stream() -> bytes:
+            async with backend.open_reader("cut") as reader:
+                return await reader.read()
+
+        async def download() -> bytes:
+            await backend.download_file("cut", tmp_path / "cut")
+            return (tmp_path / "cut").read_bytes()
+
+        for read, gets in ((lambda: backend.get_bytes("cut"), 1), (stream, 3), (download, 3)):  # ranges of 1 MiB
+            rule = FaultRule("cut", method="GET", target=MEDIA_GET)  # after 64 KiB of the first GET's answer
+            arm(proxy, rule)
+            assert await read() == data
+            assert rule.hits == 1
+            assert seen(proxy, "GET", MEDIA_GET) == gets + 1  # the cut GET was sent again, and only it
+        assert backend.limits.memory.in_use == 0
+
+
+async def test_an_object_replaced_while_it_is_read_is_read_in_its_new_generation(gcs_target: StoreTarget,
+                                                                                  gcs_emulator: str) -> None:
+    async with behind_proxy(gcs_target, gcs_emulator) as (proxy, backend):
+        await backend.put_bytes("moving", b"old" * 1000)
+        rule = FaultRule("hold-before", method="GET", target=MEDIA_GET)
+        arm(proxy, rule)
+        task = asyncio.ensure_future(backend.get_object("moving"))
+        assert await anyio.to_thread.run_sync(rule.held.wait, 30)
+        new = await backend.put_bytes("moving", b"new" * 2000)  # a POST: not held
+        rule.release.set()
+        data, info = await task
+        assert data == b"new" * 2000
+        assert info.etag == new.etag
+
+
 async def test_a_part_upload_applied_after_its_writer_was_cancelled_is_reclaimed(gcs_target: StoreTarget,
                                                                                  gcs_emulator: str) -> None:
     """A request the network still carries when its writer is cancelled may be applied after the writer cleaned
