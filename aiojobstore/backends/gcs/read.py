@@ -115,8 +115,16 @@ class GCSReads(GCSClient):
             expected.append(crc32c_from_b64(ours))
         return expected
 
-    def _crc_matches(self, resource: dict[str, Any], crc: int) -> bool:
-        return all(crc == want for want in self._expected_crcs(resource))
+    async def _crc_matches(self, name: str, resource: dict[str, Any], crc: int) -> bool:
+        """Whether ``crc`` is the CRC32C recorded for ``resource``. A mismatch because the object was replaced
+        meanwhile (a server that ignores the pinned generation, as the emulator does) raises
+        ``ReplacedWhileReading``: it is read again, not counted as an integrity failure."""
+        if all(crc == want for want in self._expected_crcs(resource)):
+            return True
+        fresh = await self._resource(name)
+        if fresh is not None and str(fresh.get("generation")) != str(resource.get("generation")):
+            raise ReplacedWhileReading(f"{self._key_of(name)!r} was replaced while it was being read; read it again")
+        return False
 
     async def _stat_for_read(self, key: str) -> tuple[str, dict[str, Any]]:
         name = self._name(key)
@@ -133,7 +141,7 @@ class GCSReads(GCSClient):
             lo, hi = clamp_range(start, end, size)
             data = b"".join(await self._fetch_range(name, resource, lo, hi)) if hi > lo else b""
             whole = (lo, hi) == (0, size)
-            matched = not whole or self._crc_matches(resource, await crc32c_async(data))
+            matched = not whole or await self._crc_matches(name, resource, await crc32c_async(data))
             return matched, (data, self._info(resource))
 
         return await verify_and_retry(attempt, what=repr(key))
@@ -148,7 +156,7 @@ class GCSReads(GCSClient):
             return await self._fetch_range(name, resource, first, last)
 
         async def verify(crc: int) -> bool:
-            return self._crc_matches(resource, crc)
+            return await self._crc_matches(name, resource, crc)
 
         async with open_range_reader(read_range, lo, hi,
                                      range_size=max(MiB, min(self.transfer.part_size, _READ_AHEAD_CHUNK)),
@@ -179,7 +187,7 @@ class GCSReads(GCSClient):
             await self._fetch_range(name, resource, rng.position, part.end, rng)
 
         async def verify(crc: int) -> bool:
-            return self._crc_matches(resource, crc)
+            return await self._crc_matches(name, resource, crc)
 
         return await download_ranges(target, size, fetch, config=self.transfer,
                                      part_size=max(MiB, self.transfer.part_size), share=share,
