@@ -198,6 +198,22 @@ async def test_write_stream_cancelled_while_parts_upload_leaves_nothing(gcs: GCS
     assert only_user_objects(gcs) == []
 
 
+@pytest.mark.parametrize("size", [PART - 3, 3 * PART + 5])  # one simple upload; four composed parts
+async def test_upload_progress_moves_per_slice_sent(gcs_target: StoreTarget, tmp_path: Path, size: int) -> None:
+    backend = make_backend(gcs_target, io_slice_size=PART // 8)
+    try:
+        src = tmp_path / "src"
+        src.write_bytes(os.urandom(size))
+        seen: list[int] = []
+        await backend.upload_file(src, "sliced", progress=lambda done, total: seen.append(done))
+        assert seen[-1] == size
+        assert len(seen) >= size // (PART // 8)  # a report per slice, not one per part
+        assert all(0 < done <= size for done in seen)
+        assert await backend.get_bytes("sliced") == src.read_bytes()
+    finally:
+        await backend.close()
+
+
 async def test_failed_upload_file_leaves_no_temporary_parts(gcs: GCSBackend, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.write_bytes(os.urandom(6 * PART))
@@ -864,6 +880,48 @@ async def test_a_write_cancelled_at_each_await_leaves_the_store_as_before(
                 assert user_metadata(after.metadata) == user_metadata(before.metadata)
         assert backend.limits.memory.in_use == 0
     assert tmp_objects(gcs_emulator, backend) == []  # after close(), which waits for background deletions
+
+
+MEDIA_GET = r"alt=media"
+
+
+async def test_a_cut_body_resumes_from_the_byte_reached_in_every_read(gcs_target: StoreTarget, gcs_emulator: str,
+                                                                    tmp_path: Path) -> None:
+    async with behind_proxy(gcs_target, gcs_emulator) as (proxy, backend):
+        data = os.urandom(3 * MiB)
+        await backend.put_bytes("cut", data)
+
+        async def stream() -> bytes:
+            async with backend.open_reader("cut") as reader:
+                return await reader.read()
+
+        async def download() -> bytes:
+            await backend.download_file("cut", tmp_path / "cut")
+            return (tmp_path / "cut").read_bytes()
+
+        for read, gets in ((lambda: backend.get_bytes("cut"), 1), (stream, 3), (download, 3)):  # ranges of 1 MiB
+            rule = FaultRule("cut", method="GET", target=MEDIA_GET)  # after 64 KiB of the first GET's answer
+            arm(proxy, rule)
+            assert await read() == data
+            assert rule.hits == 1
+            assert seen(proxy, "GET", MEDIA_GET) == gets + 1  # the cut GET was sent again, and only it
+        assert backend.limits.memory.in_use == 0
+
+
+async def test_an_object_replaced_while_it_is_read_is_read_in_its_new_generation(
+        gcs_target: StoreTarget, gcs_emulator: str, caplog: pytest.LogCaptureFixture) -> None:
+    async with behind_proxy(gcs_target, gcs_emulator) as (proxy, backend):
+        await backend.put_bytes("moving", b"old" * 1000)
+        rule = FaultRule("hold-before", method="GET", target=MEDIA_GET)
+        arm(proxy, rule)
+        task = asyncio.ensure_future(backend.get_object("moving"))
+        assert await anyio.to_thread.run_sync(rule.held.wait, 30)
+        new = await backend.put_bytes("moving", b"new" * 2000)  # a POST: not held
+        rule.release.set()
+        data, info = await task
+        assert data == b"new" * 2000
+        assert info.etag == new.etag
+        assert "mismatch" not in caplog.text  # a replacement, not a checksum failure
 
 
 async def test_a_part_upload_applied_after_its_writer_was_cancelled_is_reclaimed(gcs_target: StoreTarget,

@@ -6,8 +6,9 @@ Where things are:
 
 * :mod:`.client` — state, credentials, names and URLs, requests with retries, error translation, the
   recognition of a lost answer by its write token, emulator notes;
-* :mod:`.upload` — the one-request upload, temporary part uploads, the write stream;
-* :mod:`.compose` — joining parts with ``compose`` (and why parts are composed, not sent as a resumable upload);
+* :mod:`.upload` — the one-request upload, temporary part uploads;
+* :mod:`.compose` — joining parts with ``compose`` (and why parts are composed, not sent as a resumable upload),
+  and the write stream's service side (:class:`GCSStreamTarget`, a ``PartTarget`` of the transfer engine);
 * :mod:`.copy` — server-side copies (``rewriteTo``) and signed URLs;
 * :mod:`.conditional` — generations as preconditions, the commit of every write and its roll-back (backups);
 * :mod:`.read` — ranged reads of a pinned generation, verify-and-retry, the read-ahead stream, downloads;
@@ -35,22 +36,21 @@ from ...errors import InvalidKeyError, NoSuchFileError
 from ...streams import AsyncWriter
 from ...transfer import (
     Part,
-    PartWindow,
+    PartProgress,
     Progress,
     ProgressCallback,
     RetryPolicy,
     TransferConfig,
     TransferShare,
-    crc32c_async,
     plan_parts,
     run_parts,
 )
+from ...transfer.writer import open_part_writer
 from ..base import META_KEY_SHA256, Backend, CommonPrefix, ObjectInfo, reject_unknown_options, user_metadata
 from .client import GCS_API_ROOT, emulator_host_from_env, normalise_host
-from .compose import GCSCompose
+from .compose import GCSCompose, GCSStreamTarget
 from .container import GCSContainer
 from .read import GCSReads
-from .upload import GCSWriter
 
 if TYPE_CHECKING:
     from ...locator import Locator
@@ -88,21 +88,6 @@ class GCSBackend(GCSCompose, GCSReads, GCSContainer):
         return self._info(await self._put(key, data, metadata=metadata, if_absent=if_absent, if_match=if_match,
                                           encrypted=encrypted))
 
-    async def _put(self, key: str, data: bytes, *, metadata: dict[str, str] | None, if_absent: bool = False,
-                   if_match: str | None = None, encrypted: bool = False,
-                   previous: tuple[bytes, dict[str, str], bool] | None = None) -> dict[str, Any]:
-        """One simple upload of ``data`` as the commit (see :meth:`_commit`)."""
-        name = self._name(key)
-        data = bytes(data)
-        meta = {**(metadata or {}), **self.encryption_metadata(encrypted)}
-        crc = await crc32c_async(data)
-
-        async def write(params: dict[str, str], token: str | None) -> dict[str, Any]:
-            return await self._upload_simple(name, data, crc=crc, metadata=meta, encrypted=encrypted, params=params,
-                                             key=key, write_token=token)
-
-        return await self._commit(key, name, write, if_absent=if_absent, if_match=if_match, previous=previous)
-
     async def update_object(self, key: str, edit: Callable[[bytes], bytes], *,
                             metadata: dict[str, str] | None = None) -> ObjectInfo:
         """As :meth:`Backend.update_object` (keeps the user metadata and the encryption); the previous bytes are
@@ -118,31 +103,11 @@ class GCSBackend(GCSCompose, GCSReads, GCSContainer):
     @asynccontextmanager
     async def open_writer(self, key: str, *, metadata: dict[str, str] | None = None, if_absent: bool = False,
                           encrypted: bool = False) -> AsyncIterator[AsyncWriter]:
-        name = self._name(key)
         self.encryption_metadata(encrypted)  # fail before any data is written
-        upload_id = uuid.uuid4().hex
-        writer: GCSWriter | None = None
-        created: list[str] = []  # intermediate composes
-        committed = False
-        try:
-            async with PartWindow(self.transfer.max_concurrency) as window:
-                writer = GCSWriter(self, window, upload_id, encrypted)
-                yield writer
-                if writer.part_names:
-                    await writer.flush_tail()  # the last part of a composed object
-            if not writer.part_names:
-                data = writer.take_tail()
-                writer.release()
-                await self._put(key, data, metadata=metadata, if_absent=if_absent, encrypted=encrypted)
-                return
-            await self._commit_composed(key, name, writer.parts(), upload_id, created, metadata=metadata,
-                                        encrypted=encrypted, if_absent=if_absent)
-            committed = True  # the commit deleted the temporary parts itself
-        finally:
-            if writer is not None:
-                writer.release()
-                if writer.part_names and not committed:
-                    await self._cleanup(upload_id, [*writer.part_names, *created])
+        target = GCSStreamTarget(self, key, metadata, if_absent=if_absent, encrypted=encrypted)
+        async with open_part_writer(target, budget=self.limits.memory, part_size=max(1, self.transfer.part_size),
+                                    max_concurrency=self.transfer.max_concurrency) as writer:
+            yield writer
 
     async def upload_file(self, path: str | PathLike[str], key: str, *, metadata: dict[str, str] | None = None,
                           encrypted: bool = False, progress: ProgressCallback | None = None) -> ObjectInfo:
@@ -166,12 +131,15 @@ class GCSBackend(GCSCompose, GCSReads, GCSContainer):
         meta = {**(metadata or {}), **self.encryption_metadata(encrypted)}
         crc = await self.limits.file_crc32c(path, 0, size)
 
+        progress = PartProgress(report)
+
         async def write(params: dict[str, str], token: str | None) -> dict[str, Any]:
             return await self._upload_simple(name, None, crc=crc, metadata=meta, encrypted=encrypted, key=key,
-                                             file_range=(path, 0, size), params=params, write_token=token)
+                                             file_range=(path, 0, size), params=params, write_token=token,
+                                             progress=progress)
 
         async def after(resource: dict[str, Any]) -> None:
-            await report.advance(size)  # in the commit: a failing callback undoes the write
+            await progress.finish(size)  # in the commit: a callback that failed (per slice) undoes the write
 
         return self._info(await self._commit(key, name, write, after=after))
 
@@ -187,7 +155,7 @@ class GCSBackend(GCSCompose, GCSReads, GCSContainer):
             async def one(part: Part) -> tuple[str, int, int]:
                 crc = await self.limits.file_crc32c(path, part.offset, part.length)
                 await self._upload_part(names[part.number - 1], None, crc=crc, encrypted=encrypted,
-                                        file_range=(path, part.offset, part.length), progress=report)
+                                        file_range=(path, part.offset, part.length), progress=PartProgress(report))
                 return names[part.number - 1], crc, part.length
 
             uploaded = await run_parts(parts, one, max_concurrency=self.transfer.max_concurrency, share=share.window)

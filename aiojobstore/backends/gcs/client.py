@@ -79,13 +79,9 @@ class HTTPStatusError(Exception):
         self.text = text
 
 
-class ShortRead(Exception):
-    """A body ended before the bytes it promised; retried from where it stopped."""
-
-
 def is_retryable(error: BaseException) -> bool:
     """Whether a request that failed with ``error`` is worth sending again."""
-    return isinstance(error, (RetryableStatus, ShortRead, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
+    return isinstance(error, (RetryableStatus, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError,
                               asyncio.TimeoutError, ConnectionError))
 
 

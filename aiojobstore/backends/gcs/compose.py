@@ -17,7 +17,9 @@ peak RSS of 257 MiB against our 83 MiB. Those figures measure the emulator, not 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from ...commit import META_WRITE_TOKEN, run_uncancelled
@@ -107,3 +109,44 @@ class GCSCompose(GCSConditional):
 
         resource = await self._commit(key, name, write, if_absent=if_absent, verify=verify, after=after)
         return self._info(resource)
+
+
+@dataclass
+class GCSStreamTarget:
+    """The service side of a GCS write stream (:class:`~aiojobstore.transfer.writer.PartTarget`): one simple
+    upload for a stream shorter than a part, else temporary part objects (``.ajs-tmp/<id>/p<n>``) composed into
+    the object as the commit; an abort deletes the parts and intermediates."""
+
+    backend: GCSCompose
+    key: str
+    metadata: dict[str, str] | None
+    if_absent: bool
+    encrypted: bool
+    upload_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    parts: dict[int, tuple[str, int, int]] = field(default_factory=dict)  # number -> (temporary name, CRC32C, length)
+    names: list[str] = field(default_factory=list)  # the temporary parts, each from before its upload is sent
+    created: list[str] = field(default_factory=list)  # intermediate composes
+
+    async def put_whole(self, data: bytes, crc: int) -> ObjectInfo:
+        return self.backend._info(await self.backend._put(self.key, data, metadata=self.metadata,
+                                                          if_absent=self.if_absent, encrypted=self.encrypted,
+                                                          crc=crc))
+
+    async def start(self) -> None:
+        """Nothing to create: the parts are objects of their own."""
+
+    async def send_part(self, number: int, data: memoryview, crc: int) -> None:
+        name = self.backend._tmp_name(self.upload_id, f"p{number:06d}")
+        self.names.append(name)  # deleted by abort even if its upload fails half-way
+        await self.backend._upload_part(name, data, crc=crc, encrypted=self.encrypted)
+        self.parts[number] = (name, crc, len(data))
+
+    async def complete(self, size: int, crc: int) -> ObjectInfo:
+        """The commit; it deletes the temporary objects itself once the object is there."""
+        parts = [self.parts[number] for number in sorted(self.parts)]
+        return await self.backend._commit_composed(self.key, self.backend._name(self.key), parts, self.upload_id,
+                                                   self.created, metadata=self.metadata, encrypted=self.encrypted,
+                                                   if_absent=self.if_absent)
+
+    async def abort(self) -> None:
+        await self.backend._cleanup(self.upload_id, [*self.names, *self.created])

@@ -192,3 +192,21 @@ class GCSConditional(GCSUploads, GCSCopies):
                             "(encrypted with a key this store lacks) could not be backed up: the new one stays", key)
         except ConcurrentModificationError:
             log.info("not rolling back %s: another writer has replaced it since", key)
+
+    async def _put(self, key: str, data: bytes, *, metadata: dict[str, str] | None, if_absent: bool = False,
+                   if_match: str | None = None, encrypted: bool = False,
+                   previous: tuple[bytes, dict[str, str], bool] | None = None,
+                   crc: int | None = None) -> dict[str, Any]:
+        """One simple upload of ``data`` (whose CRC32C is ``crc``, computed here if not given) as the commit (see
+        :meth:`_commit`)."""
+        name = self._name(key)
+        data = bytes(data)
+        meta = {**(metadata or {}), **self.encryption_metadata(encrypted)}
+        if crc is None:
+            crc = await crc32c_async(data)
+
+        async def write(params: dict[str, str], token: str | None) -> dict[str, Any]:
+            return await self._upload_simple(name, data, crc=crc, metadata=meta, encrypted=encrypted, params=params,
+                                             key=key, write_token=token)
+
+        return await self._commit(key, name, write, if_absent=if_absent, if_match=if_match, previous=previous)

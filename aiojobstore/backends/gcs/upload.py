@@ -1,14 +1,16 @@
-"""Uploads: the one-request multipart upload, temporary part objects, and the write stream that cuts a stream
-into parts.
+"""Uploads: the one-request multipart upload and temporary part objects.
 
 * Objects up to one part (``transfer.part_size``) go up as one multipart (metadata + media) upload carrying their
   CRC32C, which GCS checks on arrival.
 * Larger files and write streams go up as **temporary part objects** (``<root>.ajs-tmp/<id>/<n>``) uploaded in a
-  sliding window (:class:`~aiojobstore.transfer.PartWindow`) and joined with ``compose``
-  (:mod:`~aiojobstore.backends.gcs.compose`). Parts are plain media uploads (no metadata, so no multipart
-  framing) whose CRC32C as stored by GCS is checked against ours.
+  sliding window (:class:`~aiojobstore.transfer.PartWindow`; for streams the engine's
+  :func:`~aiojobstore.transfer.writer.open_part_writer` over
+  :class:`~aiojobstore.backends.gcs.compose.GCSStreamTarget`) and joined with ``compose``
+  (:mod:`~aiojobstore.backends.gcs.compose`). Parts are plain media uploads (no metadata, so no multipart framing)
+  whose CRC32C as stored by GCS is checked against ours.
 
-Memory: write streams hold at most ``max_concurrency + 1`` parts of the store's ``max_memory``.
+Memory: write streams hold at most ``max_concurrency + 1`` parts of the store's ``max_memory`` (the engine's
+part buffers).
 """
 
 from __future__ import annotations
@@ -23,11 +25,7 @@ from ...commit import META_WRITE_TOKEN
 from ...errors import IntegrityError
 from ...streams import Buffer
 from ...transfer import (
-    PartBuffer,
-    PartBuffers,
-    PartWindow,
-    Progress,
-    crc32c_async,
+    PartProgress,
     crc32c_from_b64,
     crc32c_to_b64,
     iter_buffer_slices,
@@ -45,10 +43,11 @@ class GCSUploads(GCSClient):
 
     async def _upload_simple(self, name: str, data: bytes | None, *, crc: int, metadata: dict[str, str] | None,
                              encrypted: bool, params: dict[str, str] | None = None, key: str | None = None,
-                             file_range: FileRange | None = None, progress: Progress | None = None,
+                             file_range: FileRange | None = None, progress: PartProgress | None = None,
                              write_token: str | None = None) -> dict[str, Any]:
-        """One multipart (metadata + media) upload; the body is ``data`` or streamed from ``file_range``. The
-        object records its CRC32C in ``ajs-crc32c`` (and ``write_token``, if given, in ``ajs-write-token``)."""
+        """One multipart (metadata + media) upload; the body is ``data`` or streamed from ``file_range``, whose
+        slices are reported to ``progress`` as they go out (the caller calls its ``finish``). The object records
+        its CRC32C in ``ajs-crc32c`` (and ``write_token``, if given, in ``ajs-write-token``)."""
         metadata = {**(metadata or {}), META_CRC32C: crc32c_to_b64(crc)}
         if write_token is not None:
             metadata[META_WRITE_TOKEN] = write_token
@@ -66,10 +65,11 @@ class GCSUploads(GCSClient):
             if data is not None:
                 return head + data + tail
 
-            async def stream() -> AsyncIterator[bytes]:
+            async def stream() -> AsyncIterator[bytes | memoryview]:
                 yield head
                 path, offset, size = file_range  # type: ignore[misc]
-                async for piece in iter_file_slices(path, offset, size, self.transfer.io_slice_size):
+                async for piece in _reported(iter_file_slices(path, offset, size, self.transfer.io_slice_size),
+                                             progress):
                     yield piece
                 yield tail
 
@@ -79,23 +79,22 @@ class GCSUploads(GCSClient):
         _, resource_out, _ = await self._request("POST", self._upload_url(), what=f"upload {name}", key=key or name,
                                                  params=query, headers=headers, body=body, target=name,
                                                  write_token=write_token)
-        if progress is not None:  # reported per finished part: a retried part never counts twice
-            await progress.advance(length)
         return resource_out or {}
 
     async def _upload_part(self, name: str, data: Buffer | None, *, crc: int, encrypted: bool,
-                           file_range: FileRange | None = None, progress: Progress | None = None) -> None:
+                           file_range: FileRange | None = None, progress: PartProgress | None = None) -> None:
         """Upload one temporary part as a plain media upload (no metadata, so no multipart framing); the CRC32C
-        GCS reports must match ours, else the part is sent once more, then ``IntegrityError``."""
+        GCS reports must match ours, else the part is sent once more, then ``IntegrityError``. Its slices are
+        reported to ``progress`` as they go out (an attempt sent again takes back what the last one reported)."""
         length = len(data) if data is not None else file_range[2]  # type: ignore[index]
         headers = {"Content-Type": CONTENT_TYPE, "Content-Length": str(length),
                    "x-goog-hash": f"crc32c={crc32c_to_b64(crc)}", **self._key_headers(encrypted)}
 
         def body() -> Any:
             if data is not None:
-                return iter_buffer_slices(data, self.transfer.io_slice_size)
+                return _reported(iter_buffer_slices(data, self.transfer.io_slice_size), progress)
             path, offset, size = file_range  # type: ignore[misc]
-            return iter_file_slices(path, offset, size, self.transfer.io_slice_size)
+            return _reported(iter_file_slices(path, offset, size, self.transfer.io_slice_size), progress)
 
         for attempt in (1, 2):
             _, resource, _ = await self._request("POST", self._upload_url(), what=f"upload part {name}",
@@ -108,67 +107,16 @@ class GCSUploads(GCSClient):
                 raise IntegrityError(f"part {name}: GCS stored bytes whose CRC32C differs from what was sent (twice)")
             log.warning("CRC32C mismatch on part %s; sending it again", name)
         if progress is not None:
-            await progress.advance(length)
+            await progress.finish(length)
 
 
-class GCSWriter:
-    """The stream handed out by ``open_writer``: buffers one part, uploads full parts in the background as
-    temporary objects (composed at the end). Part buffers come from :class:`PartBuffers`, so a writer holds at
-    most ``max_concurrency + 1`` parts of the store's memory budget."""
-
-    def __init__(self, backend: GCSUploads, window: PartWindow, upload_id: str, encrypted: bool) -> None:
-        self.backend = backend
-        self.window = window
-        self.upload_id = upload_id
-        self.encrypted = encrypted
-        self.buffers = PartBuffers(backend.limits.memory, max(1, backend.transfer.part_size),
-                                   keep=backend.transfer.max_concurrency + 1)
-        self.bytes_written = 0
-        self.part_names: list[str] = []
-        self.uploaded: dict[str, tuple[str, int, int]] = {}
-
-    async def write(self, data: Buffer) -> int:
-        n = await self.buffers.write(data, self._hand_off)
-        self.bytes_written += n
-        return n
-
-    async def flush_tail(self) -> None:
-        """Hand the partly filled last buffer to a background upload as the last part."""
-        tail = self.buffers.take_current()
-        if tail is not None:
-            await self._hand_off(tail)
-
-    def take_tail(self) -> bytes:
-        """The buffered bytes of a stream that never filled a part (its only content)."""
-        tail = self.buffers.take_current()
-        if tail is None:
-            return b""
-        data = bytes(tail.view)
-        tail.done(reuse=False)
-        return data
-
-    async def _hand_off(self, part: PartBuffer) -> None:
-        name = self.backend._tmp_name(self.upload_id, f"p{len(self.part_names) + 1:06d}")
-        self.part_names.append(name)
-
-        async def upload() -> None:
-            sent = False
-            try:
-                crc = await crc32c_async(part.view)
-                await self.backend._upload_part(name, part.view, crc=crc, encrypted=self.encrypted)
-                self.uploaded[name] = (name, crc, part.length)
-                sent = True
-            finally:
-                part.done(reuse=sent)
-
-        try:
-            await self.window.submit(upload)
-        except BaseException:
-            part.done(reuse=False)
-            raise
-
-    def parts(self) -> list[tuple[str, int, int]]:
-        return [self.uploaded[name] for name in self.part_names]
-
-    def release(self) -> None:
-        self.buffers.close()
+async def _reported(slices: AsyncIterator[bytes] | AsyncIterator[memoryview],
+                    progress: PartProgress | None) -> AsyncIterator[bytes | memoryview]:
+    """A request body's ``slices``, each reported to ``progress`` once the client has taken it; a new attempt
+    (a new body) first takes back what an earlier one reported."""
+    if progress is not None:
+        await progress.restart()
+    async for piece in slices:
+        yield piece
+        if progress is not None:
+            await progress.advance(len(piece))
