@@ -3,7 +3,7 @@ the socket straight into buffers the caller gives, and request bodies sent witho
 
 aiohttp does a lot of Python work per request and per received piece (a new ``bytes`` per socket read, copied
 once more by its parser). This client is what :mod:`aiojobstore.rangeget` (ranged GETs into page-aligned
-download buffers) and :mod:`aiojobstore.backends.s3direct` (the S3 backend's small requests and part uploads)
+download buffers) and :mod:`aiojobstore.backends.s3.direct` (the S3 backend's small requests and part uploads)
 send their requests with; it does only what they need:
 
 - one request at a time per connection, its head (and a small body) written in one piece; a response head of at

@@ -12,7 +12,7 @@ from botocore.auth import S3SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
-from aiojobstore.backends.s3direct import SigV4, bucket_url_from_presigned, canonical_query, sse_headers
+from aiojobstore.backends.s3.direct import SigV4, bucket_url_from_presigned, canonical_query, sse_headers
 
 NOW = datetime.datetime(2026, 11, 21, 13, 5, 9, tzinfo=datetime.timezone.utc)
 

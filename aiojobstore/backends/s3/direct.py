@@ -40,7 +40,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from ..leanhttp import Body, FileRange, HttpClient, Response
+from ...leanhttp import Body, FileRange, HttpClient, Response
 
 USER_AGENT = "aiojobstore-direct/1"
 UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
