@@ -637,12 +637,15 @@ class _SentCounter:
         self.total += n
         self.loop.call_soon_threadsafe(self.wake.set)
 
+    async def _woken(self) -> bool:
+        return await self.wake.wait()
+
     async def report_until(self, done: asyncio.Future[bool], on_sent: SentCallback) -> bool:
         """Await ``on_sent`` with each increase until the thread is ``done``; its result. A cancellation leaves
         ``done`` running (the caller waits for the thread)."""
         reported = 0
         while True:
-            waiter: asyncio.Future[bool] = asyncio.ensure_future(self.wake.wait())
+            waiter: asyncio.Future[bool] = asyncio.ensure_future(self._woken())
             try:
                 await asyncio.wait((done, waiter), return_when=asyncio.FIRST_COMPLETED)
             finally:
