@@ -227,6 +227,8 @@ class S3DirectRequests:
                                    secret_key=credentials.secret_key, token=credentials.token, query=query)
         url = self._scheme_host + path + (f"?{query}" if query else "")
         progress = getattr(params.get("Body"), "progress", None)  # a slice body's share of a transfer's progress
+        if progress is not None and progress.report.callback is None:
+            progress = None  # nobody watches: the body goes out in large sendfile calls, unreported
         if progress is not None:
             await progress.restart()  # a new attempt: what an earlier one reported is taken back
         response = await self._http.request(method, url, signed, body,
