@@ -120,7 +120,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ...errors import NoSuchFileError
 from ...transfer import TransferConfig
 from ..base import META_CRC32C, Backend, ObjectInfo, reject_unknown_options, validate_key
 from .client import CONDITIONAL_WRITES, S3Client
@@ -144,10 +143,7 @@ class S3Backend(S3Copies, S3Container):
             return None
         validate_key(src_key)
         validate_key(dst_key)
-        head = await source._head(src_key)
-        if head is None:
-            raise NoSuchFileError(src_key)
-        info, sse = head
+        info, sse = await source._head_source(src_key)
         if sse and source.sse_key != self.sse_key:
             return None  # the destination could not re-encrypt with the source's key
         if META_CRC32C not in info.metadata:

@@ -324,6 +324,13 @@ class S3Client(Backend):
             sse = self._sse(True)  # pragma: no cover - a server that answers HEAD without the key
         return info, sse
 
+    async def _head_source(self, key: str) -> tuple[ObjectInfo, dict[str, Any]]:
+        """:meth:`_head` of a copy's source, which must exist (``NoSuchFileError``)."""
+        head = await self._head(key)
+        if head is None:
+            raise NoSuchFileError(key)
+        return head
+
     async def _with_sse_retry(self, key: str,
                               call: Callable[[dict[str, Any]], Awaitable[T]]) -> tuple[T, dict[str, Any]]:
         """``call(sse)`` without the SSE-C key, then with it when the server says the object is encrypted

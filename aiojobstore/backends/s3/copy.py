@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ...commit import META_WRITE_TOKEN, new_write_token
-from ...errors import JobStoreError, NoSuchFileError, TransferError
+from ...errors import JobStoreError, TransferError
 from ...transfer import MiB, Part, plan_parts, run_parts
 from ..base import META_CRC32C, META_KEY_SHA256, ObjectInfo, user_metadata, validate_key
 from .client import _error_code, _quoted
@@ -25,10 +25,7 @@ class S3Copies(S3Uploads):
     async def copy(self, src: str, dst: str, *, metadata: dict[str, str] | None = None) -> ObjectInfo:
         validate_key(src)
         validate_key(dst)
-        head = await self._head(src)
-        if head is None:
-            raise NoSuchFileError(src)
-        info, sse = head
+        info, sse = await self._head_source(src)
         return await self._server_copy(self.bucket, self._full(src), info, sse, dst, metadata)
 
     async def _server_copy(self, src_bucket: str, src_full: str, info: ObjectInfo, src_sse: dict[str, Any],
