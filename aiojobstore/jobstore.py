@@ -435,7 +435,8 @@ class JobStore:
         encoded = self.codec.encode(new)  # here, not in edit(): the caller may change job.data meanwhile
         replaced: list[int] = []
 
-        def edit(raw: bytes) -> bytes:
+        def edit(raw: bytes) -> bytes:  # may run more than once (a backend retrying its compare-and-swap)
+            replaced.clear()
             stored = self._decode_job(raw, key, job.id)
             if stored.version == job.version:
                 return encoded

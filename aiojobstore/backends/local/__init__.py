@@ -32,8 +32,9 @@ idempotent).
 
 **Durability** (``fsync=True``, the default): the file is fsynced before the rename, the directory after it, and
 every directory a write creates is fsynced into its parent. Concurrent writers of one process share these
-fsyncs (group commit, ``group``): one directory fsync covers every rename into it made before it started, file
-fsyncs run in one batch; a write still returns only once the fsyncs covering its own file and rename have completed.
+fsyncs (group commit, ``group``): one directory fsync covers every rename into it made before it started, and
+file fsyncs run concurrently, each in its writer's thread; a write still returns only once the fsyncs covering its
+own file and rename have completed.
 
 **Integrity.** Whole reads (``get_object``/``get_bytes`` without a range, ``open_reader`` read to the end,
 ``download_file``, ``copy``) verify the recorded CRC32C and raise :class:`IntegrityError` naming the key on a
@@ -114,6 +115,9 @@ class LocalBackend(Copies, Links, Listing, Reclaiming):
 
     async def update_object(self, key: str, edit: Callable[[bytes], bytes], *,
                             metadata: dict[str, str] | None = None) -> ObjectInfo:
+        """As :meth:`Backend.update_object`, but it never raises ``ConcurrentModificationError``: when another
+        writer (thread or process) replaced the object in between, ``edit`` runs again on the new version, and
+        after two such losses the update runs under the key's lock. ``edit`` may therefore run more than once."""
         return await self._run_commit(self._update_blocking, key, self._segments(key), edit, metadata)
 
     async def stat(self, key: str) -> ObjectInfo | None:

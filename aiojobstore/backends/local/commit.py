@@ -25,6 +25,9 @@ from .threads import HOUSEKEEPING, WRITES, in_thread
 
 T = TypeVar("T")
 
+#: Optimistic attempts of an update (outside the key's lock) before it runs under the lock.
+_OPTIMISTIC_UPDATES = 2
+
 
 @dataclass
 class Staged:
@@ -239,13 +242,32 @@ class Commits(Reading):
 
     def _update_blocking(self, key: str, segments: Sequence[str], edit: Callable[[bytes], bytes],
                          metadata: dict[str, str] | None) -> Committed:
-        """Read, edit and replace ``key`` under its lock, so no conditional writer can slip in between."""
+        """Read, edit and replace ``key`` as one compare-and-swap.
+
+        Optimistically first: the read, the edit, the temp file and its fsync happen outside the key's lock, which
+        is held only to check that the version read is still the one in place and to rename over it, so concurrent
+        durable updates do not wait for each other's fsyncs. When another writer replaced the object in between,
+        ``edit`` runs again on the new version; after ``_OPTIMISTIC_UPDATES`` such losses the whole update runs
+        under the lock, which always succeeds."""
+        for _ in range(_OPTIMISTIC_UPDATES):
+            data, info = self._read_blocking(key, segments)
+            edited = edit(data)  # outside the try: an error of edit's own propagates, whatever its class
+            try:
+                return self._put_blocking(key, segments, edited, self._kept_metadata(info, metadata), False,
+                                          info.etag)
+            except ConcurrentModificationError:
+                continue  # replaced (or deleted: the next read says so) since it was read
         with self._locked(key):
             data, info = self._read_blocking(key, segments)
-            keep = user_metadata(info.metadata) if metadata is None else user_metadata(metadata)
-            if META_KEY_SHA256 in info.metadata:
-                keep[META_KEY_SHA256] = info.metadata[META_KEY_SHA256]
-            return self._put_blocking(key, segments, edit(data), keep, False, None)
+            return self._put_blocking(key, segments, edit(data), self._kept_metadata(info, metadata), False, None)
+
+    @staticmethod
+    def _kept_metadata(info: ObjectInfo, metadata: dict[str, str] | None) -> dict[str, str]:
+        """The metadata an updated object keeps: its user metadata (or ``metadata``) and its encryption."""
+        keep = user_metadata(info.metadata) if metadata is None else user_metadata(metadata)
+        if META_KEY_SHA256 in info.metadata:
+            keep[META_KEY_SHA256] = info.metadata[META_KEY_SHA256]
+        return keep
 
     async def _acquire(self, func: Callable[..., T], *args: Any) -> T:
         """Run ``func`` (which opens descriptors) in a worker thread; whatever cancellation arrives, its result is

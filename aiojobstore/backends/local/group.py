@@ -1,12 +1,19 @@
-"""Group commit: the fsyncs of concurrent writers of one process, shared.
+"""Group commit: the directory fsyncs of concurrent writers of one process, shared; file fsyncs, concurrent.
 
 A writer that needs a file or a directory durable calls :func:`sync_durably`, which returns only once an fsync of
-that descriptor (or of the same directory) *started after the call* has completed. The first caller that finds no
-batch in flight becomes the leader: it takes every request queued so far, runs them (one fsync per distinct
-directory, however many writers renamed into it; each file's own fsync), marks them done and wakes their
-writers; requests that arrive meanwhile queue for the next batch, which one of their writers leads. A lone
-caller (the blocking facade's inline calls, which run one at a time) leads its own batch of one: no thread hop,
-no wait. Each request carries its own outcome: an fsync error reaches exactly the writers that fsync covered.
+that descriptor (or of the same directory) *started after the call* has completed.
+
+- A file is fsynced by its own writer, in the writer's thread. Concurrent fsyncs of different files overlap in
+  the kernel, which shares one journal commit among them (measured on ext4, 64 files: ~9k fsyncs/s from
+  concurrent threads against ~3.5k/s one after another in a single thread).
+- Directories are grouped by inode into a fixed number of stripes. In each stripe the first caller that finds no
+  batch in flight becomes the leader: it takes every request queued so far, runs one fsync per distinct
+  directory however many writers renamed into it, marks them done and wakes their writers; requests that arrive
+  meanwhile queue for the next batch, which one of their writers leads. Different stripes sync in parallel. A
+  lone caller (the blocking facade's inline calls, which run one at a time) leads its own batch of one: no thread
+  hop, no wait.
+
+Each request carries its own outcome: an fsync error reaches exactly the writers that fsync covered.
 """
 
 from __future__ import annotations
@@ -15,31 +22,30 @@ import errno
 import os
 import threading
 
+#: Directory stripes: directories of different stripes are fsynced in parallel, those of one stripe in batches.
+_STRIPES = 64
+
 
 class _Request:
     __slots__ = ("directory", "done", "error", "fd", "synced")
 
-    def __init__(self, fd: int, directory: bool) -> None:
+    def __init__(self, fd: int, directory: tuple[int, int]) -> None:
         self.fd = fd
-        self.directory = directory
+        self.directory = directory  # (st_dev, st_ino)
         self.done = False  # the batch that held this request has finished
         self.synced = False  # an fsync covering it completed
         self.error: OSError | None = None
 
 
 class _GroupSync:
-    """The queue of pending fsyncs and the batch in flight (one per process, reset after ``fork``)."""
+    """The queue of pending directory fsyncs of one stripe and the batch in flight (reset after ``fork``)."""
 
     def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
         self._finished = threading.Condition(threading.Lock())
         self._pending: list[_Request] = []
         self._syncing = False
 
-    def sync(self, fd: int, *, directory: bool) -> None:
-        request = _Request(fd, directory)
+    def sync(self, request: _Request) -> None:
         finished = self._finished
         with finished:
             self._pending.append(request)
@@ -71,37 +77,36 @@ class _GroupSync:
 def _run_batch(batch: list[_Request]) -> None:
     directories: dict[tuple[int, int], list[_Request]] = {}
     for request in batch:
-        if request.directory and len(batch) > 1:
-            try:
-                st = os.fstat(request.fd)
-            except OSError as error:
-                request.error = error
-                continue
-            directories.setdefault((st.st_dev, st.st_ino), []).append(request)
-        else:
-            _fsync([request])
+        directories.setdefault(request.directory, []).append(request)
     for requests in directories.values():
-        _fsync(requests)
-
-
-def _fsync(requests: list[_Request]) -> None:
-    """One fsync (of the first descriptor) for ``requests``, which all name the same file or directory."""
-    try:
-        os.fsync(requests[0].fd)
-    except OSError as error:
+        try:
+            os.fsync(requests[0].fd)
+        except OSError as error:
+            for request in requests:
+                request.error = error
+            continue
         for request in requests:
-            request.error = error
-        return
-    for request in requests:
-        request.synced = True
+            request.synced = True
 
 
-_GROUP = _GroupSync()
-os.register_at_fork(after_in_child=_GROUP._reset)
+_GROUPS: list[_GroupSync] = []
+
+
+def _reset() -> None:
+    _GROUPS[:] = [_GroupSync() for _ in range(_STRIPES)]
+
+
+_reset()
+os.register_at_fork(after_in_child=_reset)
 
 
 def sync_durably(fd: int, *, directory: bool = False) -> None:
-    """Return once ``fd`` (a file, or with ``directory`` a directory) is durable, sharing the fsync with every
-    concurrent writer of the same directory and the batch with every concurrent writer of the process. Raises the
-    ``OSError`` of the fsync that covered it."""
-    _GROUP.sync(fd, directory=directory)
+    """Return once ``fd`` (a file, or with ``directory`` a directory) is durable: a file by its own fsync, a
+    directory by an fsync shared with every concurrent writer into the same directory. Raises the ``OSError`` of
+    the fsync that covered it."""
+    if not directory:
+        os.fsync(fd)
+        return
+    st = os.fstat(fd)
+    key = (st.st_dev, st.st_ino)
+    _GROUPS[hash(key) % _STRIPES].sync(_Request(fd, key))
