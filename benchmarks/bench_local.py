@@ -161,8 +161,10 @@ try:
                 return made
 
             toil_first = round_number % 2 == 0  # who goes first alternates: each pays the other's writeback
-            tjobs, jobs = (toil_create(), ours_create()) if toil_first else (None, ours_create())
-            tjobs = tjobs or toil_create()
+            if toil_first:
+                tjobs, jobs = toil_create(), ours_create()
+            else:
+                jobs, tjobs = ours_create(), toil_create()
             steps = [("update", toil.update_job, tjobs, ours.update_job, jobs),
                      ("load", toil.load_job, [j.jobStoreID for j in tjobs], ours.load_job, [j.id for j in jobs]),
                      ("delete", toil.delete_job, [j.jobStoreID for j in tjobs], ours.delete_job, [j.id for j in jobs])]
@@ -182,15 +184,19 @@ def run_toil_ab(toil_python: str, workdir: str, n: int, rounds: int) -> dict[str
     import site
 
     project = os.path.dirname(os.path.abspath(aiojobstore.__path__[0]))
-    packages = site.getsitepackages()[0]
+    return run_script(toil_python, "side-by-side", TOIL_AB_SCRIPT, workdir, project, site.getsitepackages()[0],
+                      str(n), str(rounds), json.dumps(JOB_DATA))
+
+
+def run_script(python: str, what: str, script: str, *args: str) -> Any:
+    """The JSON object printed last by ``script`` run with ``python`` (after a settle); None if it failed."""
     settle()
-    result = subprocess.run([toil_python, "-c", TOIL_AB_SCRIPT, workdir, project, packages, str(n), str(rounds),
-                             json.dumps(JOB_DATA)], capture_output=True, text=True, check=False)
+    result = subprocess.run([python, "-c", script, *args], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"  side-by-side run failed: {tail}", file=sys.stderr)
+        print(f"  {what} run failed: {tail}", file=sys.stderr)
         return None
-    return json.loads(result.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def median(values: list[float]) -> float:
@@ -268,14 +274,7 @@ async def settle_async() -> None:
 def run_toil(toil_python: str | None, mode: str, workdir: str, arg: str, n: int) -> dict[str, Any] | None:
     if not toil_python:
         return None
-    settle()
-    result = subprocess.run([toil_python, "-c", TOIL_SCRIPT, mode, workdir, arg, str(n)],
-                            capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        tail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        print(f"  toil {mode} run failed: {tail}", file=sys.stderr)
-        return None
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_script(toil_python, f"toil {mode}", TOIL_SCRIPT, mode, workdir, arg, str(n))
 
 
 # ------------------------------------------------------------------------------------------------------- jobs
